@@ -1,0 +1,45 @@
+"""Safe output: write to a temporary name in the same directory, then rename.
+
+The rename is atomic on POSIX, so a reader never sees a half-written file and a
+crash never leaves a truncated output under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from codec.errors import MedcodecError, OutputExistsError
+
+
+def check_writable(path, force: bool = False) -> Path:
+    """Fail early (before any work) if ``path`` exists and ``force`` is false."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(path)
+    if path.is_dir():
+        raise MedcodecError(f"{path}: is a directory")
+    return path
+
+
+def atomic_write(path, data: bytes, force: bool = False) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
+    path = check_writable(path, force)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise MedcodecError(f"{path}: directory {parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path

@@ -1,0 +1,1 @@
+"""Stages in order, their configs and manifests, and the medcodec CLI."""

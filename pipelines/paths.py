@@ -1,0 +1,36 @@
+"""Finding input files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from codec.errors import MedcodecError
+
+
+def dicom_inputs(paths) -> list[Path]:
+    """Expand files and directories (recursively) into a sorted list of DICOM files.
+
+    A directory contributes its ``*.dcm`` files and any extension-less file that
+    starts with a DICOM preamble ("DICM" at byte 128). A file named explicitly is
+    taken as it is: reading it decides whether it is DICOM.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and (f.suffix.lower() == ".dcm" or (not f.suffix and _has_preamble(f))):
+                    out.append(f)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise MedcodecError(f"{p}: no such file or directory")
+    return out
+
+
+def _has_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
