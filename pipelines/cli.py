@@ -18,6 +18,8 @@ from codec.errors import MedcodecError
 COMMANDS = (
     "pipelines.info",
     "pipelines.baseline",
+    "pipelines.demo",
+    "pipelines.bench",
 )
 
 

@@ -1,0 +1,134 @@
+"""``medcodec bench``: speed and memory of the building blocks, as JSON.
+
+Speed goals live here, never as timed assertions in tests. Each entry is the
+median of ``--repeat`` runs (after one warm-up) on this machine, with the machine
+described in the output so numbers from different hosts are not mixed up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from codec.dicom import merge_dicom, read_dicom, split_dicom
+from codec.entropy import decode, encode, gaussian_tables
+from codec.fileio import atomic_write, check_writable
+from codec.metrics import ms_ssim
+from pipelines import classical
+from pipelines.paths import dicom_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark DICOM I/O, metrics, entropy coding and classical codecs",
+                       description="Time the building blocks on the bundled samples and write JSON.")
+    p.add_argument("--json", required=True, metavar="OUT.json", help="where to write the results")
+    p.add_argument("--data", default=str(ROOT / "samples"), help="DICOM files or a folder (default: samples/)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per entry (default 3)")
+    p.add_argument("--force", action="store_true", help="overwrite OUT.json")
+    p.set_defaults(func=run)
+
+
+def _time(fn, repeat: int) -> float:
+    fn()  # warm-up
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs)
+
+
+def machine() -> dict:
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "numpy": np.__version__,
+    }
+
+
+def bench_images(files, repeat: int) -> list[dict]:
+    out = []
+    for f in files:
+        img = read_dicom(f)
+        px = img.pixels
+        mpix = img.rows * img.cols * img.frames / 1e6
+        meta, _ = split_dicom(f)
+        entry = {
+            "file": f.name,
+            "rows": img.rows, "cols": img.cols, "bits_stored": img.bits_stored,
+            "read_s": _time(lambda f=f: read_dicom(f), repeat),
+            "split_s": _time(lambda f=f: split_dicom(f), repeat),
+            "merge_s": _time(lambda: merge_dicom(meta, px), repeat),
+            "meta_deflated_bytes": len(meta),
+        }
+        if min(img.rows, img.cols) >= 161:
+            noisy = np.clip(px.astype(np.int64) + 3, *img.value_range)
+            entry["ms_ssim_s"] = _time(lambda: ms_ssim(px, noisy, 2**img.bits_stored - 1), repeat)
+        codecs = {}
+        for codec in classical.available_codecs("lossless"):
+            enc = classical.encode_image(codec, px, img.bits_stored, img.signed)
+            codecs[codec.name] = {
+                "bpp": enc.bpp,
+                "encode_mpix_s": mpix / _time(lambda c=codec: classical.encode_image(c, px, img.bits_stored, img.signed), repeat),
+                "decode_mpix_s": mpix / _time(lambda c=codec, e=enc: classical.decode_image(c, e), repeat),
+            }
+        entry["lossless"] = codecs
+        out.append(entry)
+    return out
+
+
+def bench_entropy(repeat: int) -> dict:
+    rng = np.random.default_rng(0)
+    scales = np.exp(np.linspace(np.log(0.11), np.log(256), 64))
+    tables = gaussian_tables(scales)
+    idx = rng.integers(0, 64, size=1_000_000)
+    sym = np.round(rng.normal(0, scales[idx])).astype(np.int64)
+    data = encode(sym, idx, tables)
+    return {
+        "symbols": int(sym.size),
+        "bits_per_symbol": 8 * len(data) / sym.size,
+        "encode_msym_s": sym.size / 1e6 / _time(lambda: encode(sym, idx, tables), repeat),
+        "decode_msym_s": sym.size / 1e6 / _time(lambda: decode(data, idx, tables), repeat),
+        "tables_build_s": _time(lambda: gaussian_tables(scales), repeat),
+    }
+
+
+def run(args) -> int:
+    out = check_writable(args.json, args.force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files = dicom_inputs([args.data])
+    t0 = time.perf_counter()
+    result = {
+        "machine": machine(),
+        "repeat": args.repeat,
+        "images": bench_images(files, args.repeat),
+        "entropy_coding": bench_entropy(args.repeat),
+    }
+    big = np.random.default_rng(1).integers(0, 4096, (2048, 2500)).astype(np.uint16)
+    result["ms_ssim_2048x2500_s"] = _time(lambda: ms_ssim(big, big // 2 * 2, 4095), 1)
+    result["wall_s"] = time.perf_counter() - t0
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    atomic_write(out, (json.dumps(result, indent=2) + "\n").encode(), force=True)
+    for e in result["images"]:
+        ll = ", ".join(f"{k} {v['bpp']:.2f} bpp {v['encode_mpix_s']:.1f}/{v['decode_mpix_s']:.1f} Mpx/s"
+                       for k, v in e["lossless"].items())
+        print(f"{e['file']}: read {e['read_s'] * 1e3:.1f} ms, split {e['split_s'] * 1e3:.1f} ms, "
+              f"merge {e['merge_s'] * 1e3:.1f} ms; {ll}")
+    ec = result["entropy_coding"]
+    print(f"entropy coding: {ec['encode_msym_s']:.1f} Msym/s encode, {ec['decode_msym_s']:.1f} Msym/s decode, "
+          f"{ec['bits_per_symbol']:.3f} bits/symbol")
+    print(f"ms_ssim 2048x2500: {result['ms_ssim_2048x2500_s']:.2f} s; peak RSS {result['peak_rss_mb']:.0f} MB")
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,90 @@
+"""The medcodec command line: exit codes, one-line errors, and the demo/bench/info commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import COMMANDS, main
+from tests.conftest import SAMPLES, sample_files
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_help_lists_every_command_and_exits_0():
+    out = _cli("--help")
+    assert out.returncode == 0
+    for name in COMMANDS:
+        assert name.split(".")[-1] in out.stdout
+    for name in COMMANDS:
+        sub = _cli(name.split(".")[-1], "--help")
+        assert sub.returncode == 0, sub.stderr
+
+
+def test_bad_usage_exits_2():
+    assert _cli().returncode == 2
+    assert _cli("no-such-command").returncode == 2
+    assert _cli("info").returncode == 2  # missing PATH
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "not_dicom.dcm"
+    bad.write_bytes(b"hello world" * 20)
+    out = _cli("info", str(bad))
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(bad) in lines[0]
+    missing = _cli("info", str(tmp_path / "missing.dcm"))
+    assert missing.returncode == 1 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_info_reads_every_sample(capsys):
+    assert main(["info", "--json", str(SAMPLES)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == len(sample_files())
+    ct = next(r for r in rows if r["path"].endswith("ct_signed_tcia_covid19.dcm"))
+    assert ct["signed"] and ct["min"] == -2000 and ct["max"] == 2136 and ct["bits_stored"] == 16
+
+
+def test_demo_round_trips_samples_and_prints_baselines(tmp_path, capsys):
+    one = tmp_path / "in"
+    one.mkdir()
+    shutil.copy(sample_files()[0], one)
+    assert main(["demo", "--data", str(one), "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert "pixels identical, elements identical" in text
+    assert "Lossless" in text and "JPEG-LS" in text
+    assert (tmp_path / "out" / "baseline.json").is_file()
+    assert len(list((tmp_path / "out").glob("*.roundtrip.dcm"))) == 1
+
+
+def test_bench_writes_json_and_refuses_overwrite(tmp_path):
+    one = tmp_path / "in"
+    one.mkdir()
+    shutil.copy(next(p for p in sample_files() if "mr" in p.name), one)
+    target = tmp_path / "bench.json"
+    assert main(["bench", "--data", str(one), "--json", str(target), "--repeat", "1"]) == 0
+    result = json.loads(target.read_text())
+    assert result["images"][0]["lossless"] and result["entropy_coding"]["symbols"] == 1_000_000
+    before = target.read_bytes()
+    assert main(["bench", "--data", str(one), "--json", str(target), "--repeat", "1"]) == 1
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("target", ["rewrite", "quantize", "compile", "deploy", "validate", "train"])
+def test_unbuilt_make_stages_say_so_and_fail(target):
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    out = subprocess.run(["make", "-s", target], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "not built yet" in out.stderr
