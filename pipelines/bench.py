@@ -59,34 +59,35 @@ def machine() -> dict:
 
 
 def bench_images(files, repeat: int) -> list[dict]:
-    out = []
-    for f in files:
-        img = read_dicom(f)
-        px = img.pixels
-        mpix = img.rows * img.cols * img.frames / 1e6
-        meta, _ = split_dicom(f)
-        entry = {
-            "file": f.name,
-            "rows": img.rows, "cols": img.cols, "bits_stored": img.bits_stored,
-            "read_s": _time(lambda f=f: read_dicom(f), repeat),
-            "split_s": _time(lambda f=f: split_dicom(f), repeat),
-            "merge_s": _time(lambda: merge_dicom(meta, px), repeat),
-            "meta_deflated_bytes": len(meta),
+    return [bench_image(f, repeat) for f in files]
+
+
+def bench_image(f, repeat: int) -> dict:
+    img = read_dicom(f)
+    px = img.pixels
+    mpix = img.rows * img.cols * img.frames / 1e6
+    meta, _ = split_dicom(f)
+    entry = {
+        "file": f.name,
+        "rows": img.rows, "cols": img.cols, "bits_stored": img.bits_stored,
+        "read_s": _time(lambda: read_dicom(f), repeat),
+        "split_s": _time(lambda: split_dicom(f), repeat),
+        "merge_s": _time(lambda: merge_dicom(meta, px), repeat),
+        "meta_deflated_bytes": len(meta),
+    }
+    if min(img.rows, img.cols) >= 161:
+        noisy = np.clip(px.astype(np.int64) + 3, *img.value_range)
+        entry["ms_ssim_s"] = _time(lambda: ms_ssim(px, noisy, 2**img.bits_stored - 1), repeat)
+    codecs = {}
+    for codec in classical.available_codecs("lossless"):
+        enc = classical.encode_image(codec, px, img.bits_stored, img.signed)
+        codecs[codec.name] = {
+            "bpp": enc.bpp,
+            "encode_mpix_s": mpix / _time(lambda c=codec: classical.encode_image(c, px, img.bits_stored, img.signed), repeat),
+            "decode_mpix_s": mpix / _time(lambda c=codec, e=enc: classical.decode_image(c, e), repeat),
         }
-        if min(img.rows, img.cols) >= 161:
-            noisy = np.clip(px.astype(np.int64) + 3, *img.value_range)
-            entry["ms_ssim_s"] = _time(lambda: ms_ssim(px, noisy, 2**img.bits_stored - 1), repeat)
-        codecs = {}
-        for codec in classical.available_codecs("lossless"):
-            enc = classical.encode_image(codec, px, img.bits_stored, img.signed)
-            codecs[codec.name] = {
-                "bpp": enc.bpp,
-                "encode_mpix_s": mpix / _time(lambda c=codec: classical.encode_image(c, px, img.bits_stored, img.signed), repeat),
-                "decode_mpix_s": mpix / _time(lambda c=codec, e=enc: classical.decode_image(c, e), repeat),
-            }
-        entry["lossless"] = codecs
-        out.append(entry)
-    return out
+    entry["lossless"] = codecs
+    return entry
 
 
 def bench_entropy(repeat: int) -> dict:

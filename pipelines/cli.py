@@ -16,8 +16,12 @@ from codec.errors import MedcodecError
 
 # Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = (
+    "pipelines.compress",
+    "pipelines.eval_cmd",
     "pipelines.info",
     "pipelines.baseline",
+    "pipelines.train",
+    "pipelines.export",
     "pipelines.demo",
     "pipelines.bench",
 )

@@ -54,8 +54,8 @@ def run(args) -> int:
         if args.json:
             print(json.dumps(d))
         else:
-            print(f"{d['path']}: {d['modality'] or '?'} {d['rows']}x{d['cols']}"
-                  f"{' x%d frames' % d['frames'] if d['frames'] > 1 else ''} "
+            frames = f" x{d['frames']} frames" if d["frames"] > 1 else ""
+            print(f"{d['path']}: {d['modality'] or '?'} {d['rows']}x{d['cols']}{frames} "
                   f"{'int' if d['signed'] else 'uint'}{d['bits_stored']} {d['photometric']} "
                   f"range [{d['min']}, {d['max']}] ({d['bits_used']} bits used) {d['transfer_syntax']}")
     return 1 if failed else 0
