@@ -20,7 +20,7 @@ OUT    ?= build
 PYTEST_ARGS ?=
 
 .PHONY: help setup test test-all lint demo bench baseline clean distclean \
-        train rewrite calibrate quantize compile runtime deploy validate
+        train export eval rewrite calibrate quantize compile runtime deploy validate
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_ -]+:.*## / {printf "  %-30s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,8 +55,17 @@ bench: $(STAMP) ## speed and memory benchmarks -> build/bench/bench.json
 baseline: $(STAMP) ## classical codecs on DATA=<dir> -> build/baseline.json
 	$(PY) -m pipelines baseline $(DATA) --json $(OUT)/baseline.json --force
 
-train: ## not built yet: train the float codec (issue 3)
-	@echo "make train: not built yet (the learned codec lands with issue 3)" >&2; exit 1
+QUALITY ?= 3
+STEPS   ?= 2000
+
+train: $(STAMP) ## train one zoo quality: QUALITY=1..4 STEPS=N (recipe of the committed weights: models/weights/README.md)
+	$(PY) -m pipelines train --quality $(QUALITY) --steps $(STEPS) --data $(DATA) --out runs/$(MODEL)-q$(QUALITY)
+
+export: $(STAMP) ## build the codec package (.npz) of QUALITY's checkpoint from DATA
+	$(PY) -m pipelines export --model $(MODEL) --quality $(QUALITY) --data $(DATA) --force
+
+eval: $(STAMP) ## learned codec vs JPEG 2000 / JPEG-XL on DATA -> build/eval/eval.json + RD plots
+	$(PY) -m pipelines eval $(DATA) --json $(OUT)/eval/eval.json --model $(MODEL) --force
 
 rewrite calibrate quantize: ## not built yet: DPU rewrite / calibration / int8 (issue 4)
 	@echo "make $@: not built yet (issue 4: rewrite, calibrate, quantize)" >&2; exit 1

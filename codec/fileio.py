@@ -23,6 +23,12 @@ def check_writable(path, force: bool = False) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, data: bytes, force: bool = False) -> Path:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
     path = check_writable(path, force)
@@ -31,6 +37,7 @@ def atomic_write(path, data: bytes, force: bool = False) -> Path:
         raise MedcodecError(f"{path}: directory {parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

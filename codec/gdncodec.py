@@ -56,9 +56,21 @@ class Timing:
     extra: dict = field(default_factory=dict)
 
 
-def input_map(frame: np.ndarray) -> tuple[int, int]:
-    """(lo, hi) of the affine map to [0, 1]: the frame's own min and max stored values."""
-    return int(frame.min()), int(frame.max())
+INPUT_MAPS = ("minmax", "container")
+
+
+def input_map(frame: np.ndarray, mode: str = "minmax", bits_stored: int = 16, signed: bool = False) -> tuple[int, int]:
+    """(lo, hi) of the affine map to [0, 1].
+
+    ``minmax`` (the default, what the models are trained with): the frame's own min and max stored
+    values. ``container``: the whole range BitsStored allows (for measuring what the choice costs: CT
+    uses about 12 of its 16 bits, so this spends the network's precision on values that never occur).
+    """
+    if mode == "minmax":
+        return int(frame.min()), int(frame.max())
+    if mode == "container":
+        return (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1) if signed else (0, 2**bits_stored - 1)
+    raise ValueError(f"unknown input map {mode!r} (one of {INPUT_MAPS})")
 
 
 def to_unit(frame: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -140,7 +152,7 @@ class Source:
 
 
 def compress(src: Source, nets: Networks, pkg: CodecPackage, *, weights_sha256: str = "",
-             timing: Timing | None = None) -> bytes:
+             timing: Timing | None = None, map_mode: str = "minmax") -> bytes:
     """Stored pixels -> a complete ``.mdc`` file (bytes)."""
     px = np.asarray(src.pixels)
     frames = [px] if px.ndim == 2 else list(px)
@@ -150,7 +162,7 @@ def compress(src: Source, nets: Networks, pkg: CodecPackage, *, weights_sha256: 
     maps, tiles = [], []
     grid = None
     for f in frames:
-        lo, hi = input_map(f)
+        lo, hi = input_map(f, map_mode, src.bits_stored, src.signed)
         maps.append([lo, hi])
         grid, ts = split_tiles(to_unit(f, lo, hi), tile)
         tiles.extend(ts)

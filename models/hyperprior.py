@@ -66,11 +66,19 @@ class GDNHyperprior(nn.Module):
     Args:
         N: channels of the hidden layers and of z.
         M: channels of y (and of t).
+        decoder_input: what g_s sees in training. ``"noise"`` (default, CompressAI's
+            bmshj2018): y + U(-1/2, 1/2), the same tensor the likelihood sees.
+            ``"ste"``: round(y) with a straight-through gradient (Minnen & Singh 2020),
+            so g_s trains on exactly what it decodes; the likelihood still uses the
+            noisy y. (A short A/B fine-tune showed no gain yet, hence not the default.)
     """
 
-    def __init__(self, N: int = 64, M: int = 128):
+    def __init__(self, N: int = 64, M: int = 128, decoder_input: str = "noise"):
         super().__init__()
+        if decoder_input not in ("ste", "noise"):
+            raise ValueError(f"decoder_input must be 'ste' or 'noise', got {decoder_input!r}")
         self.N, self.M = int(N), int(M)
+        self.decoder_input = decoder_input
         self.g_a = _named(
             ("conv0", conv(1, N)), ("gdn0", GDN(N)),
             ("conv1", conv(N, N)), ("gdn1", GDN(N)),
@@ -107,6 +115,8 @@ class GDNHyperprior(nn.Module):
         z_hat, z_lik = self.entropy_bottleneck(z)
         t = self.h_s(z_hat)
         y_hat, y_lik = self.gaussian_conditional(y, t)
+        if self.training and self.decoder_input == "ste":
+            y_hat = y + (torch.round(y) - y).detach()
         x_hat = self.g_s(y_hat)
         return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}, "t": t}
 

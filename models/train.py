@@ -315,6 +315,7 @@ def run(cfg: TrainConfig) -> dict:
         "quality": cfg.quality,
         "N": cfg.N,
         "M": cfg.M,
+        "model_config": {**registry.get(cfg.model).config, "N": cfg.N, "M": cfg.M},
         "lambda": cfg.lmbda,
         "command": cfg.command,
         "seed": cfg.seed,

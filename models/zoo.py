@@ -28,14 +28,17 @@ class ZooError(MedcodecError):
     """A zoo checkpoint that is unknown, missing or whose sha256 does not match."""
 
 
-#: name -> quality -> entry. The sha256 values of the committed files are in weights/zoo.json.
-#: Lambdas weigh MSE on each image's own [0, 1] (min..max) scale: loss = lambda * MSE + bpp.
+#: name -> quality -> entry. The sha256 values of the committed checkpoint and package are in
+#: weights/zoo.json (checked on load). Lambdas weigh MSE on each image's own [0, 1] (min..max)
+#: scale: loss = lambda * MSE + bpp (no 255^2 factor, unlike CompressAI's 0.0018-0.0483). They are
+#: the lambdas the committed weights were trained with (weights/README.md): on CPU, at high rates
+#: the bpp is limited by training time more than by lambda.
 ZOO: dict[str, dict[int, dict]] = {
     "gdn-hyperprior": {
-        1: {"lambda": 150.0, "N": 64, "M": 128, "checkpoint": "gdn-hyperprior-q1.pt"},
-        2: {"lambda": 600.0, "N": 64, "M": 128, "checkpoint": "gdn-hyperprior-q2.pt"},
-        3: {"lambda": 2500.0, "N": 64, "M": 128, "checkpoint": "gdn-hyperprior-q3.pt"},
-        4: {"lambda": 10000.0, "N": 64, "M": 128, "checkpoint": "gdn-hyperprior-q4.pt"},
+        1: {"lambda": 1000.0, "N": 64, "M": 128, "checkpoint": "gdn-hyperprior-q1.pt"},
+        2: {"lambda": 8000.0, "N": 64, "M": 128, "checkpoint": "gdn-hyperprior-q2.pt"},
+        3: {"lambda": 60000.0, "N": 64, "M": 128, "checkpoint": "gdn-hyperprior-q3.pt"},
+        4: {"lambda": 300000.0, "N": 64, "M": 128, "checkpoint": "gdn-hyperprior-q4.pt"},
     },
 }
 

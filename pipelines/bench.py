@@ -106,6 +106,54 @@ def bench_entropy(repeat: int) -> dict:
     }
 
 
+def bench_learned(files, quality: int = 3) -> dict:
+    """Learned codec speed per image; what tiling costs (256x256 tiles vs one whole-image tile); what the
+    input map costs (the image's own min..max, the default, vs the whole BitsStored range).
+
+    The whole-image variant uses the same package with its tile size set to the image's side rounded up to
+    64 (the networks are fully convolutional; the DPU build needs the fixed 256 tile).
+    """
+    import copy
+
+    from codec import gdncodec, metrics
+    from codec.errors import MedcodecError
+    from pipelines.compress import load_codec
+
+    try:
+        nets, pkg = load_codec("gdn-hyperprior", quality)
+    except MedcodecError as exc:
+        return {"skipped": str(exc)}
+    out = []
+    for f in files:
+        img = read_dicom(f)
+        src = gdncodec.Source(img.pixels, img.bits_stored, img.signed)
+        whole = copy.copy(pkg)
+        whole.meta = dict(pkg.meta, tile=-(-max(img.rows, img.cols) // 64) * 64)
+        entry = {"file": f.name, "quality": quality}
+        for label, p, mode in (("tiles_256", pkg, "minmax"), ("whole_image", whole, "minmax"),
+                               ("container_map", pkg, "container")):
+            t_enc, t_dec = gdncodec.Timing(), gdncodec.Timing()
+            t0 = time.perf_counter()
+            data = gdncodec.compress(src, nets, p, timing=t_enc, map_mode=mode)
+            t1 = time.perf_counter()
+            dec = gdncodec.decompress(data, nets, p, timing=t_dec)
+            t2 = time.perf_counter()
+            entry[label] = {
+                "tile": p.tile, "bpp": len(data) * 8 / img.pixels.size,
+                "psnr_bits": metrics.psnr_bits(img.pixels, dec.pixels, img.bits_stored),
+                "psnr_range": metrics.psnr_range(img.pixels, dec.pixels),
+                "encode_s": t1 - t0, "decode_s": t2 - t1,
+                "encode_parts_s": {"analysis": t_enc.analysis_s, "h_s_int": t_enc.hyper_s, "coding": t_enc.coding_s},
+                "decode_parts_s": {"synthesis": t_dec.synthesis_s, "h_s_int": t_dec.hyper_s, "coding": t_dec.coding_s},
+            }
+        a, b = entry["tiles_256"], entry["whole_image"]
+        entry["tiling_cost"] = {"bpp_pct": 100 * (a["bpp"] / b["bpp"] - 1), "psnr_db": a["psnr_bits"] - b["psnr_bits"]}
+        c = entry["container_map"]
+        entry["container_map_cost"] = {"bpp_pct": 100 * (c["bpp"] / a["bpp"] - 1), "psnr_db": c["psnr_bits"] - a["psnr_bits"]}
+        out.append(entry)
+    return {"images": out}
+
+
 def run(args) -> int:
     out = check_writable(args.json, args.force)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +164,7 @@ def run(args) -> int:
         "repeat": args.repeat,
         "images": bench_images(files, args.repeat),
         "entropy_coding": bench_entropy(args.repeat),
+        "learned": bench_learned(files),
     }
     big = np.random.default_rng(1).integers(0, 4096, (2048, 2500)).astype(np.uint16)
     result["ms_ssim_2048x2500_s"] = _time(lambda: ms_ssim(big, big // 2 * 2, 4095), 1)
@@ -130,6 +179,14 @@ def run(args) -> int:
     ec = result["entropy_coding"]
     print(f"entropy coding: {ec['encode_msym_s']:.1f} Msym/s encode, {ec['decode_msym_s']:.1f} Msym/s decode, "
           f"{ec['bits_per_symbol']:.3f} bits/symbol")
+    for e in result["learned"].get("images", []):
+        a, c = e["tiles_256"], e["tiling_cost"]
+        print(f"learned q{e['quality']} {e['file']}: {a['bpp']:.3f} bpp, {a['psnr_bits']:.2f} dB, encode {a['encode_s']:.2f} s, "
+              f"decode {a['decode_s']:.2f} s; tiling costs {c['bpp_pct']:+.1f} % bpp, {c['psnr_db']:+.2f} dB; "
+              f"container-range input map: {e['container_map_cost']['bpp_pct']:+.1f} % bpp, "
+              f"{e['container_map_cost']['psnr_db']:+.2f} dB")
+    if "skipped" in result["learned"]:
+        print(f"learned codec: skipped ({result['learned']['skipped']})")
     print(f"ms_ssim 2048x2500: {result['ms_ssim_2048x2500_s']:.2f} s; peak RSS {result['peak_rss_mb']:.0f} MB")
     print(f"wrote {out}")
     return 0

@@ -4,9 +4,13 @@ What it shows at this stage of the project:
 1. DICOM in and out: every sample is split (metadata deflated, pixels at native
    depth) and merged back; the rebuilt file is checked element by element and
    pixel by pixel, and written under ``--out``.
-2. The classical baselines on the same samples, at native depth: lossless bpp
-   per codec, and JPEG 2000 / JPEG-XL PSNR at 0.5 and 1 bpp.
-3. Which pipeline stages come next (they are not built yet).
+2. The learned codec (float GDN hyperprior, zoo quality ``--quality``): every
+   sample compressed to a real ``.mdc`` file and decompressed to DICOM, with bpp
+   from the file size, PSNR at native depth and MS-SSIM, beside JPEG 2000 run in
+   the same process at the same bpp.
+3. The classical baselines on the same samples, at native depth: lossless bpp
+   per codec, and JPEG 2000 / JPEG-XL PSNR at 0.25-2 bpp.
+4. Which pipeline stages come next (they are not built yet).
 """
 
 from __future__ import annotations
@@ -18,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from codec import metrics
 from codec.dicom import merge_dicom, read_dicom, split_dicom, write_dicom
 from codec.errors import MedcodecError
 from codec.fileio import atomic_write
-from pipelines import baseline
+from pipelines import baseline, classical
 from pipelines.paths import dicom_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 NEXT_STAGES = [
-    ("train", "GDN hyperprior codec of seed 000 trained on real CT/MR/X-ray", "issue 3"),
     ("rewrite/calibrate/quantize", "DPU-only operators, power-of-two int8 as the DPU computes", "issue 4"),
     ("compile/runtime/deploy/validate", "partition report or vai_c_xir, board app, SSH deploy, virtual board", "issue 5"),
     ("residual layer", "near-lossless and lossless modes beyond the int8 cap", "issue 6"),
@@ -39,6 +43,7 @@ def register(sub) -> None:
                        description="DICOM round trip and classical baselines on the bundled samples.")
     p.add_argument("--data", default=str(ROOT / "samples"), help="DICOM files or a folder (default: samples/)")
     p.add_argument("--out", default="build/demo", help="output folder (default build/demo)")
+    p.add_argument("--quality", type=int, default=3, help="learned codec quality 1-4 (default 3)")
     p.set_defaults(func=run)
 
 
@@ -47,6 +52,28 @@ def _elements_equal(a: pydicom.Dataset, b: pydicom.Dataset) -> bool:
     ta = {e.tag for e in a if e.tag not in skip and e.tag.element != 0}
     tb = {e.tag for e in b if e.tag not in skip and e.tag.element != 0}
     return ta == tb and all(a[t].value == b[t].value for t in ta)
+
+
+def _f(v, spec):
+    return format(v, spec) if v is not None and v == v else "-".rjust(int(spec.split(".")[0]))
+
+
+def learned_vs_j2k(path: Path, out: Path, quality: int) -> dict:
+    """Compress and decompress one image through real files; JPEG 2000 at the same bpp."""
+    from pipelines.compress import compress_file, decompress_file
+
+    img = read_dicom(path)
+    mdc = out / f"{path.stem}.q{quality}.mdc"
+    enc = compress_file(path, mdc, "gdn-hyperprior", quality, force=True)
+    dec = decompress_file(mdc, out / f"{path.stem}.q{quality}.dcm", force=True)
+    bpp = metrics.file_bpp(mdc, img.rows, img.cols, img.frames)
+    m = metrics.image_metrics(img.pixels, dec["pixels"], img.bits_stored)
+    codec = classical.get_codec("j2k-lossy")
+    res = classical.encode_at_bpp(codec, img.pixels, bpp, bits_stored=img.bits_stored, signed=img.signed)
+    j = metrics.image_metrics(img.pixels, classical.decode_image(codec, res.encoded), img.bits_stored)
+    return {"bpp": bpp, "psnr": m["psnr_bits"], "ms_ssim": m["ms_ssim"], "max_err": int(m["max_abs_error"]),
+            "encode_s": enc["encode_s"], "decode_s": dec["decode_s"],
+            "j2k_bpp": res.bpp, "j2k_psnr": j["psnr_bits"], "j2k_ms_ssim": j["ms_ssim"]}
 
 
 def run(args) -> int:
@@ -73,7 +100,17 @@ def run(args) -> int:
         if not (same_px and same_el):
             raise MedcodecError(f"{f}: lossless DICOM round trip failed")
 
-    print("\n== 2. Classical codecs at native bit depth (in-process, imagecodecs)")
+    print(f"\n== 2. Learned codec (gdn-hyperprior q{args.quality}, float) vs JPEG 2000 at the same bpp")
+    print(f"  {'image':34s} {'bpp':>6} {'PSNR':>7} {'MS-SSIM':>8} {'maxerr':>7} {'enc s':>6} {'dec s':>6} |"
+          f" {'J2K bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}")
+    for f in files:
+        r = learned_vs_j2k(f, out, args.quality)
+        print(f"  {f.name:34s} {r['bpp']:6.3f} {r['psnr']:7.2f} {_f(r['ms_ssim'], '8.5f')} {r['max_err']:7d} "
+              f"{r['encode_s']:6.2f} {r['decode_s']:6.2f} | {r['j2k_bpp']:7.3f} {r['j2k_psnr']:7.2f} "
+              f"{_f(r['j2k_ms_ssim'], '8.5f')}")
+    print("  (PSNR in dB at the image's own bit depth, peak 2^BitsStored-1; MS-SSIM with that data range)")
+
+    print("\n== 3. Classical codecs at native bit depth (in-process, imagecodecs)")
     records = []
     for f in files:
         res = baseline.benchmark_file(str(f), f.name)
@@ -87,7 +124,7 @@ def run(args) -> int:
     print(baseline.format_table(agg))
     print(f"(per-image details in {out / 'baseline.json'})")
 
-    print("\n== 3. Next stages (not built yet)")
+    print("\n== 4. Next stages (not built yet)")
     for name, what, issue in NEXT_STAGES:
         print(f"  {name:32s} {what} [{issue}]")
     print(f"\ndemo done in {time.perf_counter() - t_start:.1f} s")

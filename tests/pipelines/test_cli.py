@@ -81,7 +81,7 @@ def test_bench_writes_json_and_refuses_overwrite(tmp_path):
     assert target.read_bytes() == before
 
 
-@pytest.mark.parametrize("target", ["rewrite", "quantize", "compile", "deploy", "validate", "train"])
+@pytest.mark.parametrize("target", ["rewrite", "quantize", "compile", "deploy", "validate"])
 def test_unbuilt_make_stages_say_so_and_fail(target):
     if shutil.which("make") is None:
         pytest.skip("make not installed")

@@ -223,3 +223,21 @@ def test_folder_in_folder_out(tiny_zoo, tmp_path):
     assert (tmp_path / "mdc" / "sub" / "ct.mdc").is_file() and (tmp_path / "mdc" / "x.mdc").is_file()
     assert main(["decompress", str(tmp_path / "mdc"), str(tmp_path / "out"), "--no-progress"]) == 0
     assert (tmp_path / "out" / "sub" / "ct.dcm").is_file() and (tmp_path / "out" / "x.npy").is_file()
+
+
+def test_eval_writes_json_and_plots(tiny_zoo, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(next(p for p in sample_files() if "mr_" in p.name), data)
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(data), "--json", str(out), "--qualities", "1", "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    rec = result["images"][0]
+    assert rec["learned"][0]["bytes"] > 0 and rec["learned"][0]["bpp"] > 0
+    # the classical twin was rate-targeted to the learned point's bpp
+    twin = rec["classical"]["j2k-lossy"][0]
+    assert twin["target_bpp"] == rec["learned"][0]["bpp"]
+    assert set(result["aggregates"]) >= {"MR"}
+    assert all(Path(p).is_file() for p in result["plots"])
+    assert "BD-rate" in capsys.readouterr().out
+    assert main(["eval", str(data), "--json", str(out), "--qualities", "1", "--no-progress"]) == 1  # exists
