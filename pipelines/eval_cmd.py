@@ -150,6 +150,11 @@ def aggregate(records: list[dict]) -> dict:
                 "bd_rate_mean_curve_range": _bd(cc, learned, "psnr_range"),
                 "bd_rate_per_image_mean": float(np.mean(per_image)) if per_image else None,
                 "psnr_at_0.5": _interp(cc, 0.5), "psnr_at_1": _interp(cc, 1.0),
+                # the classical twin of every learned point was rate-targeted to the same bpp, so this
+                # difference is defined even when the PSNR ranges do not overlap (and BD-rate is not)
+                "delta_psnr_same_bpp": float(np.mean([a["psnr_bits"] - b["psnr_bits"] for a, b in zip(learned, cc, strict=False)
+                                                      if a.get("psnr_bits") is not None and b.get("psnr_bits") is not None]))
+                if learned and cc else None,
             }
         agg["psnr_at_0.5"] = _interp(learned, 0.5)
         agg["psnr_at_1"] = _interp(learned, 1.0)
@@ -189,12 +194,16 @@ def plot(aggregates: dict, folder: Path, model: str) -> list[Path]:
 
 def format_table(aggregates: dict) -> str:
     lines = ["group              n  PSNR@0.5  PSNR@1  (J2K@0.5  J2K@1)  BD-rate vs J2K  vs JXL  "
-             "enc s  dec s  (J2K enc/dec s)"]
+             "dPSNR vs J2K  vs JXL  enc s  dec s  (J2K enc/dec s)"]
     for g, a in aggregates.items():
         j, x = a["classical"]["j2k-lossy"], a["classical"]["jxl-lossy"]
 
         def f(v, spec=".2f"):
             return "-" if v is None else format(v, spec)
+
+        def bd(c):
+            v = c["bd_rate_mean_curve"]
+            return "no overlap" if v is None else f"{v:+.1f}%"
 
         enc = np.mean([p.get("encode_s", 0) for p in a["learned"]]) if a["learned"] else None
         dec = np.mean([p.get("decode_s", 0) for p in a["learned"]]) if a["learned"] else None
@@ -202,8 +211,11 @@ def format_table(aggregates: dict) -> str:
         jdec = np.mean([p.get("decode_s", 0) for p in j["curve"]]) if j["curve"] else None
         lines.append(f"{g:17s} {a['images']:3d}  {f(a['psnr_at_0.5']):>8}  {f(a['psnr_at_1']):>6}  "
                      f"({f(j['psnr_at_0.5']):>7}  {f(j['psnr_at_1']):>5})  "
-                     f"{f(j['bd_rate_mean_curve'], '+.1f'):>13}%  {f(x['bd_rate_mean_curve'], '+.1f'):>5}%  "
+                     f"{bd(j):>14}  {bd(x):>6}  "
+                     f"{f(j['delta_psnr_same_bpp'], '+.2f'):>12}  {f(x['delta_psnr_same_bpp'], '+.2f'):>5}  "
                      f"{f(enc)}  {f(dec)}  ({f(jenc, '.3f')}/{f(jdec, '.3f')})")
+    lines.append("PSNR in dB at native depth (peak 2^BitsStored-1), interpolated on the mean curve ('-': outside "
+                 "it); dPSNR = learned minus classical at the same bpp; BD-rate needs overlapping PSNR ranges.")
     return "\n".join(lines)
 
 
