@@ -68,7 +68,7 @@ eval: $(STAMP) ## learned codec vs JPEG 2000 / JPEG-XL on DATA -> build/eval/eva
 	$(PY) -m pipelines eval $(DATA) --json $(OUT)/eval/eval.json --model $(MODEL) --force
 
 rewrite calibrate quantize: ## not built yet: DPU rewrite / calibration / int8 (issue 4)
-	@echo "make $@: not built yet (issue 4: rewrite, calibrate, quantize)" >&2; exit 1
+	@echo "make $@: not built yet (issue 4: rewrite, calibrate, quantize). What exists: the exact rewrite passes and the DPU partition check (medcodec partition --rewrite)." >&2; exit 1
 
 compile runtime deploy validate: ## not built yet: compile, board runtime, deploy, validate (issue 5)
 	@echo "make $@: not built yet (issue 5: compile, runtime, deploy, validate)" >&2; exit 1

@@ -22,6 +22,7 @@ COMMANDS = (
     "pipelines.baseline",
     "pipelines.train",
     "pipelines.export",
+    "pipelines.partition_cmd",
     "pipelines.demo",
     "pipelines.bench",
 )

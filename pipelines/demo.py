@@ -32,7 +32,8 @@ from pipelines.paths import dicom_inputs
 ROOT = Path(__file__).resolve().parents[1]
 
 NEXT_STAGES = [
-    ("rewrite/calibrate/quantize", "DPU-only operators, power-of-two int8 as the DPU computes", "issue 4"),
+    ("rewrite/calibrate/quantize", "DPU-only operators, power-of-two int8 as the DPU computes (started: the "
+     "exact rewrite passes and the partition check exist, `medcodec partition --rewrite`)", "issue 4"),
     ("compile/runtime/deploy/validate", "partition report or vai_c_xir, board app, SSH deploy, virtual board", "issue 5"),
     ("residual layer", "near-lossless and lossless modes beyond the int8 cap", "issue 6"),
 ]

@@ -98,3 +98,14 @@ def test_unbuilt_make_stages_say_so_and_fail(target):
     out = subprocess.run(["make", "-s", target], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode != 0
     assert "not built yet" in out.stderr
+
+
+def test_partition_report_shows_what_the_exact_rewrites_fix(tmp_path, capsys):
+    out = tmp_path / "partition.json"
+    assert main(["partition", "--quality", "1", "--rewrite", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    before, after = result["as trained"]["summary"], result["after exact rewrites"]["summary"]
+    assert not any(s["deployable"] for s in before.values())  # GDN, abs and output_padding keep all off
+    assert after["h_s"]["deployable"] and after["h_s"]["cpu_ops"] == 0
+    assert not after["g_a"]["deployable"] and any("square" in r for r in after["g_a"]["cpu"])
+    assert "does not deploy" in capsys.readouterr().out
