@@ -241,3 +241,18 @@ def test_eval_writes_json_and_plots(tiny_zoo, tmp_path, capsys):
     assert all(Path(p).is_file() for p in result["plots"])
     assert "BD-rate" in capsys.readouterr().out
     assert main(["eval", str(data), "--json", str(out), "--qualities", "1", "--no-progress"]) == 1  # exists
+
+
+def test_multiframe_dicom_round_trip(tiny_zoo, tmp_path):
+    from tests.codec.test_dicom import make_dataset, save
+
+    ds = make_dataset((3, 70, 90), 16, 12, signed=True)
+    src = save(ds, tmp_path / "mf.dcm")
+    mdc, out = tmp_path / "mf.mdc", tmp_path / "mf_out.dcm"
+    assert main(["compress", str(src), str(mdc), "--quality", "1"]) == 0
+    head = container.read_container(mdc.read_bytes()).head
+    assert head["frames"] == 3 and head["tiles"] == 3 and len(head["input_map"]) == 3
+    assert main(["decompress", str(mdc), str(out)]) == 0
+    back = read_dicom(out)
+    assert back.pixels.shape == (3, 70, 90) and back.pixels.dtype == np.int16 and back.frames == 3
+    assert int(pydicom.dcmread(out).NumberOfFrames) == 3
