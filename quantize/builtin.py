@@ -3,7 +3,7 @@
 It quantizes an ``nn.Sequential`` of ``Conv2d`` / ``ConvTranspose2d`` (groups 1, square
 kernels, dilation 1), each optionally followed by a fused ``ReLU`` or ``LeakyReLU(26/256)``
 (the codec's ``h_a`` and, after :func:`quantize.rewrite.rewrite_for_dpu`, ``h_s``) the way
-Vitis AI's nndct quantizes for a DPUCZDX8G (``/work/shared/research/vitis_ai.md`` section 2)::
+Vitis AI's nndct quantizes for a DPUCZDX8G (the research notes ``../shared/research/vitis_ai.md``, section 2)::
 
     spec = calibrate(net, batches, load_arch())   # fix positions + per-layer SQNR
     fixed = to_fixednet(net, spec)                # codec.fixednet.FixedNet, the integer emulator
