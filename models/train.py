@@ -180,6 +180,16 @@ def _load_init(model, path: str) -> None:
         raise TrainError(f"--init {p}: does not fit this model ({str(exc).splitlines()[0]})") from None
 
 
+def _portable(path) -> str:
+    """A path as the record should keep it: relative to the repository root (so ``../shared/data``),
+    never an absolute path of this machine."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return os.path.relpath(Path(path).resolve(), root)
+    except ValueError:  # another drive (Windows)
+        return Path(path).name
+
+
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -327,8 +337,8 @@ def run(cfg: TrainConfig) -> dict:
         "aux_lr": cfg.aux_lr,
         "clip": cfg.clip,
         "threads": cfg.threads,
-        "init": {"path": str(cfg.init), "sha256": zoo.sha256_file(cfg.init)} if cfg.init else None,
-        "data_dir": str(data_dir),
+        "init": {"path": _portable(cfg.init), "sha256": zoo.sha256_file(cfg.init)} if cfg.init else None,
+        "data_dir": _portable(data_dir),
         "train_files": train_files,
         "val_files": val_files,
         "final_train": {"loss": float(m[0]), "mse": float(m[1]), "bpp": float(m[2]),
