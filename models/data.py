@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codec.dicom import read_dicom
+from codec.gdncodec import input_map as codec_input_map
+
 __all__ = [
     "EXCLUDE",
     "VALIDATION",
@@ -67,21 +70,10 @@ def default_data_dir() -> Path:
 
 
 def read_pixels(path) -> tuple[np.ndarray, str]:
-    """The one seam to the DICOM reader: path -> (stored pixel values, Modality tag).
+    """path -> (stored pixel values, Modality tag), through ``codec.dicom.read_dicom``.
 
-    Uses ``codec.dicom.read_dicom`` when that module exists, else pydicom directly
-    (``pixel_array`` = stored values, before any rescale). Pixels are (rows, cols)
-    or (frames, rows, cols) in their native dtype.
+    Pixels are (rows, cols) or (frames, rows, cols) in their native dtype, before any rescale.
     """
-    try:
-        from codec.dicom import read_dicom
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("codec.dicom", "codec"):
-            raise
-        import pydicom
-
-        ds = pydicom.dcmread(str(path))
-        return np.asarray(ds.pixel_array), str(getattr(ds, "Modality", "") or "")
     img = read_dicom(path)
     return np.asarray(img.pixels), str(img.modality or "")
 
@@ -89,12 +81,10 @@ def read_pixels(path) -> tuple[np.ndarray, str]:
 def input_map(pixels: np.ndarray) -> tuple[int, int]:
     """(offset, scale) of the affine input map ``x01 = (x - offset) / scale``.
 
-    offset = the image's min stored value, scale = max - min (1 for a constant
-    image), both plain Python ints. This is what the container records; the decoder
-    inverts it with ``x = round(x01 * scale + offset)`` clipped to the stored range.
+    The same map the codec applies and records (``codec.gdncodec.input_map``, min..max):
+    offset = the image's min stored value, scale = max - min (1 for a constant image).
     """
-    lo = int(np.min(pixels))
-    hi = int(np.max(pixels))
+    lo, hi = codec_input_map(np.asarray(pixels))
     return lo, max(hi - lo, 1)
 
 

@@ -16,14 +16,9 @@ import numpy as np
 from codec.dicom import LossyInfo, merge_dicom, split_dicom
 from codec.errors import MedcodecError
 from codec.gdncodec import Source
+from pipelines.paths import has_preamble
 
 METHOD = "MEDCODEC_GDN"  # Lossy Image Compression Method (0028,2114): a 16-char code string
-
-
-def _has_preamble(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(132)
-    return head[128:132] == b"DICM"
 
 
 def kind_of(path: Path) -> str:
@@ -32,7 +27,7 @@ def kind_of(path: Path) -> str:
         return "png"
     if suffix == ".npy":
         return "npy"
-    if suffix in (".dcm", ".dicom", "") or _has_preamble(path):
+    if suffix in (".dcm", ".dicom", "") or has_preamble(path):
         return "dicom"
     raise MedcodecError(f"{path}: unsupported input type {suffix!r} (DICOM, .png or .npy)")
 

@@ -10,6 +10,7 @@ must list. Deterministic: the same checkpoint and data give the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -63,8 +64,6 @@ def run(args) -> int:
     data = pkg.to_bytes()
     out = Path(args.out) if args.out else zoo.package_path(args.model, args.quality)
     atomic_write(out, data, force=args.force)
-    import hashlib
-
     print(json.dumps({"package": str(out), "package_sha256": hashlib.sha256(data).hexdigest(),
                       "weights": str(weights), "weights_sha256": zoo.sha256_file(weights), **report}, indent=1))
     return 0

@@ -18,7 +18,7 @@ def dicom_inputs(paths) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and (f.suffix.lower() == ".dcm" or (not f.suffix and _has_preamble(f))):
+                if f.is_file() and (f.suffix.lower() == ".dcm" or (not f.suffix and has_preamble(f))):
                     out.append(f)
         elif p.is_file():
             out.append(p)
@@ -27,7 +27,7 @@ def dicom_inputs(paths) -> list[Path]:
     return out
 
 
-def _has_preamble(path: Path) -> bool:
+def has_preamble(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
