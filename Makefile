@@ -13,14 +13,17 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-MODEL  ?= gdn-hyperprior
+MODEL  ?= dpu-hyperprior
+QUALITIES ?= 1 2 3 4
+BACKEND ?= float
 BOARD  ?= ultra96
 DATA   ?= ../shared/data
 OUT    ?= build
 PYTEST_ARGS ?=
 
 .PHONY: help setup test test-all lint demo bench baseline clean distclean \
-        train export eval rewrite calibrate quantize compile runtime deploy validate
+        train export eval rewrite calibrate quantize compile runtime deploy validate \
+        board-sim-up board-sim-down deploy-dir rollback
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_ -]+:.*## / {printf "  %-30s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,11 +40,12 @@ $(STAMP): pyproject.toml requirements.lock constraints.txt
 
 setup: $(STAMP) ## create .venv and install the pinned environment (idempotent)
 
+# Tests run many tiny convolutions: one torch thread each is faster than two fighting (and CI has 2 cores).
 test: $(STAMP) ## run the tests (excludes slow, toolchain and board)
-	$(PY) -m pytest -m "not slow and not toolchain and not board" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow and not toolchain and not board" $(PYTEST_ARGS)
 
 test-all: $(STAMP) ## run every test that this machine can run (slow ones too)
-	$(PY) -m pytest -m "not toolchain and not board" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not toolchain and not board" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## static checks (ruff)
 	$(VENV)/bin/ruff check codec models quantize compile board pipelines arch tests
@@ -59,21 +63,57 @@ QUALITY ?= 3
 STEPS   ?= 2000
 
 train: $(STAMP) ## train one zoo quality: QUALITY=1..4 STEPS=N (recipe of the committed weights: models/weights/README.md)
-	$(PY) -m pipelines train --quality $(QUALITY) --steps $(STEPS) --data $(DATA) --out runs/$(MODEL)-q$(QUALITY)
+	$(PY) -m pipelines train --model $(MODEL) --quality $(QUALITY) --steps $(STEPS) --data $(DATA) --out runs/$(MODEL)-q$(QUALITY)
 
 export: $(STAMP) ## build the codec package (.npz) of QUALITY's checkpoint from DATA
 	$(PY) -m pipelines export --model $(MODEL) --quality $(QUALITY) --data $(DATA) --force
 
 eval: $(STAMP) ## learned codec vs JPEG 2000 / JPEG-XL on DATA -> build/eval/eval.json + RD plots
-	$(PY) -m pipelines eval $(DATA) --json $(OUT)/eval/eval.json --model $(MODEL) --force
+	$(PY) -m pipelines eval $(DATA) --json $(OUT)/eval/eval.json --model $(MODEL) --backend $(BACKEND) --force
 
-rewrite calibrate quantize: ## not built yet: DPU rewrite / calibration / int8 (issue 4)
-	@echo "make $@: not built yet (issue 4: rewrite, calibrate, quantize). What exists: the exact rewrite passes and the DPU partition check (medcodec partition --rewrite)." >&2; exit 1
+STAGE_ARGS = --board $(BOARD) --model $(MODEL) --out $(OUT) $(foreach q,$(QUALITIES),--quality $(q))
 
-compile runtime deploy validate: ## not built yet: compile, board runtime, deploy, validate (issue 5)
-	@echo "make $@: not built yet (issue 5: compile, runtime, deploy, validate)" >&2; exit 1
+rewrite: $(STAMP) ## DPU rewrites of MODEL's networks + partition report + ONNX -> build/BOARD/MODEL/rewrite
+	$(PY) -m pipelines stage rewrite $(STAGE_ARGS)
 
-clean: ## remove build outputs (keeps .venv)
+calibrate: $(STAMP) ## fix positions of every tensor (builtin DPU quantizer; nndct docker job written)
+	$(PY) -m pipelines stage calibrate $(STAGE_ARGS)
+
+quantize: $(STAMP) ## int8 codec packages + per-layer SQNR report (JSON + HTML)
+	$(PY) -m pipelines stage quantize $(STAGE_ARGS)
+
+compile: $(STAMP) ## vai_c_xir when present; always the partition report and roofline latency
+	$(PY) -m pipelines stage compile $(STAGE_ARGS)
+
+runtime: $(STAMP) ## render the board application (templates + codec/) -> build/BOARD/MODEL/runtime
+	$(PY) -m pipelines stage runtime $(STAGE_ARGS)
+
+deploy: $(STAMP) ## upload the runtime to BOARD (verified, atomic switch of `current`)
+	$(PY) -m pipelines stage deploy $(STAGE_ARGS)
+
+validate: $(STAMP) ## run the board app on BOARD over the validation images; compare with the host emulator
+	$(PY) -m pipelines stage validate $(STAGE_ARGS)
+
+# Boards are data: boards/boards.toml (BOARD=name, or a comma-separated fleet). The virtual board
+# `sim` is OpenSSH's sshd on 127.0.0.1 with its state in build/sim-board/ (board/sim.py).
+DEPLOY_DIR ?=
+SMOKE      ?=
+
+board-sim-up: $(STAMP) ## start the virtual board (sshd on 127.0.0.1, state in build/sim-board/); then BOARD=sim
+	$(PY) -m pipelines board-sim up
+
+board-sim-down: $(STAMP) ## stop the virtual board (by its own pid file)
+	$(PY) -m pipelines board-sim down
+
+deploy-dir: $(STAMP) ## deploy any folder: DEPLOY_DIR=<dir> [SMOKE='{python} smoke.py'] to BOARD, verified, then current
+	@test -n "$(DEPLOY_DIR)" || { echo "make deploy-dir: set DEPLOY_DIR=<folder>" >&2; exit 2; }
+	$(PY) -m pipelines deploy --board $(BOARD) --dir $(DEPLOY_DIR) $(if $(SMOKE),--smoke '$(SMOKE)')
+
+rollback: $(STAMP) ## point BOARD's `current` back at the release before it
+	$(PY) -m pipelines rollback --board $(BOARD)
+
+clean: ## remove build outputs (keeps .venv; stops the virtual board first)
+	@if [ -x $(PY) ] && [ -e build/sim-board/sshd.pid ]; then $(PY) -m pipelines board-sim down; fi
 	rm -rf $(OUT) .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +
 

@@ -13,7 +13,13 @@ Chunks of version 1, in file order::
     XTRA   0..n, anywhere between HEAD and IEND: key (ASCII) + NUL + opaque bytes
     TILE   one per tile, tile index 0, 1, 2, ... in order:
            u32 tile index | u16 stream count | (u32 length | bytes) per stream
+    RESD   0 or one per frame, after the last TILE, frame index 0, 1, 2, ... in order:
+           u32 frame index | the frame's residual stream (``codec/residual.py``)
     IEND   exactly once, last, empty
+
+RESD (the residual layer of the lossless and near-lossless modes) came after the first files of
+version 1; it is critical, so an older reader refuses such a file instead of decoding only its lossy
+layer, and files without it are unchanged (the version stays 1).
 
 A chunk type whose first letter is uppercase is *critical*: a reader that does
 not know it must reject the file. A lowercase first letter marks an *ancillary*
@@ -46,6 +52,7 @@ __all__ = [
     "META",
     "TILE",
     "XTRA",
+    "RESD",
     "IEND",
     "Check",
     "DEFAULT_HEAD_SCHEMA",
@@ -77,8 +84,9 @@ HEAD = b"HEAD"
 META = b"META"
 TILE = b"TILE"
 XTRA = b"XTRA"
+RESD = b"RESD"
 IEND = b"IEND"
-KNOWN_TYPES = (HEAD, META, TILE, XTRA, IEND)
+KNOWN_TYPES = (HEAD, META, TILE, XTRA, RESD, IEND)
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -162,6 +170,12 @@ def _head_tiles(head: Mapping) -> int | None:
     return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
+def _head_frames(head: Mapping) -> int | None:
+    """HEAD's frame count, or None when a custom schema left it out."""
+    n = head.get("frames")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -179,6 +193,7 @@ class Container:
     tiles: list[list[bytes]] = field(default_factory=list)
     extra: list[tuple[str, bytes]] = field(default_factory=list)
     version: int = FORMAT_VERSION
+    residuals: list[bytes] = field(default_factory=list)  # one per frame, or none
 
 
 # --------------------------------------------------------------------------- writing
@@ -249,19 +264,26 @@ def write_container(
     extra: Sequence[tuple[str, bytes]] = (),
     *,
     schema: Mapping[str, type | Check] | None = None,
+    residuals: Sequence[bytes] = (),
 ) -> bytes:
     """Serialize a ``.mdc`` file: HEAD, META (if given), XTRA (one per ``extra``
     item, ``(key, bytes)``), one TILE per entry of ``tiles`` (each a list of
-    byte streams), IEND.
+    byte streams), one RESD per entry of ``residuals`` (none, or one residual
+    stream per frame), IEND.
 
-    ``head`` is checked against ``schema`` (default :data:`DEFAULT_HEAD_SCHEMA`)
-    and ``head["tiles"]`` must equal ``len(tiles)``, so that the writer never
+    ``head`` is checked against ``schema`` (default :data:`DEFAULT_HEAD_SCHEMA`),
+    ``head["tiles"]`` must equal ``len(tiles)`` and, when there are residuals,
+    ``head["frames"]`` must equal ``len(residuals)``, so that the writer never
     produces a file its reader refuses.
     """
     schema = DEFAULT_HEAD_SCHEMA if schema is None else schema
     _check_head(head, schema)
     if _head_tiles(head) is not None and head["tiles"] != len(tiles):
         raise ContainerError(f"tile count {len(tiles)} != HEAD tiles {head['tiles']}")
+    if isinstance(residuals, (bytes, bytearray, memoryview, str)):
+        raise ContainerError(f"residuals: expected a list of byte streams, got {type(residuals).__name__}")
+    if residuals and _head_frames(head) is not None and head["frames"] != len(residuals):
+        raise ContainerError(f"residual count {len(residuals)} != HEAD frames {head['frames']}")
     parts = [SIGNATURE, _U16.pack(FORMAT_VERSION), make_chunk(HEAD, _encode_head(head))]
     if meta is not None:
         if not isinstance(meta, (bytes, bytearray, memoryview)):
@@ -277,6 +299,12 @@ def write_container(
         raise ContainerError(f"{len(tiles)} tiles, at most 2**32 - 1")
     for i, streams in enumerate(tiles):
         parts.append(make_chunk(TILE, _encode_tile(i, streams)))
+    if len(residuals) > 0xFFFFFFFF:
+        raise ContainerError(f"{len(residuals)} residual streams, at most 2**32 - 1")
+    for f, stream in enumerate(residuals):
+        if not isinstance(stream, (bytes, bytearray, memoryview)):
+            raise ContainerError(f"residual {f}: expected bytes, got {type(stream).__name__}")
+        parts.append(make_chunk(RESD, _U32.pack(f) + bytes(stream)))
     parts.append(make_chunk(IEND, b""))
     total = sum(len(p) for p in parts)
     if total > MAX_FILE_SIZE:
@@ -439,6 +467,7 @@ def read_container(
     meta: bytes | None = None
     tiles: list[list[bytes]] = []
     extra: list[tuple[str, bytes]] = []
+    residuals: list[bytes] = []
     counts: dict[bytes, int] = {}
     last = "version"  # name of the last complete chunk, for messages
     seen_iend = False
@@ -487,6 +516,8 @@ def read_container(
         elif ctype == XTRA:
             extra.append(_decode_xtra(payload, where))
         elif ctype == TILE:
+            if residuals:
+                raise ContainerError(f"TILE chunk at offset {start} after a RESD chunk")
             index, streams = _decode_tile(payload, where)
             n_head = _head_tiles(head)
             if index < len(tiles):
@@ -500,6 +531,22 @@ def read_container(
                     f"tile index {index} out of order in chunk {where} at offset {start} (expected {len(tiles)})"
                 )
             tiles.append(streams)
+        elif ctype == RESD:
+            if length < 4:
+                raise ContainerError(f"{where}: payload is {length} bytes, shorter than its 4-byte frame index")
+            (index,) = _U32.unpack_from(payload, 0)
+            n_frames = _head_frames(head)
+            if n_frames is not None and index >= n_frames:
+                raise ContainerError(
+                    f"residual frame index {index} out of range in chunk {where} at offset {start} "
+                    f"(HEAD frames {n_frames})"
+                )
+            if index != len(residuals):
+                raise ContainerError(
+                    f"residual frame index {index} out of order in chunk {where} at offset {start} "
+                    f"(expected {len(residuals)})"
+                )
+            residuals.append(payload[4:])
         elif ctype == IEND:
             if length != 0:
                 raise ContainerError(f"IEND chunk at offset {start} is not empty ({length} bytes)")
@@ -519,4 +566,7 @@ def read_container(
     n_head = _head_tiles(head)
     if n_head is not None and len(tiles) != n_head:
         raise ContainerError(f"tile count {len(tiles)} != HEAD tiles {n_head}")
-    return Container(head=head, meta=meta, tiles=tiles, extra=extra, version=version)
+    n_frames = _head_frames(head)
+    if residuals and n_frames is not None and len(residuals) != n_frames:
+        raise ContainerError(f"residual count {len(residuals)} != HEAD frames {n_frames}")
+    return Container(head=head, meta=meta, tiles=tiles, extra=extra, version=version, residuals=residuals)

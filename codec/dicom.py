@@ -89,7 +89,10 @@ C.7.6.1.1.5 asks:
   Instance UID (0002,0003);
 * the original instance is referenced in Source Image Sequence (0008,2112):
   one item is appended with its SOP Class and Instance UIDs and Purpose of
-  Reference (DCM 121320, "Uncompressed predecessor").
+  Reference (DCM 121320, "Uncompressed predecessor");
+* with ``LossyInfo.description`` (e.g. a near-lossless codec's error bound),
+  that text is appended to Derivation Description (0008,2111), after "; "
+  when the source already had one.
 
 Nothing else changes (Image Type, dates, Implementation Class UID stay).
 
@@ -251,10 +254,13 @@ class LossyInfo:
     ``ratio``: uncompressed size / compressed size (finite, > 0), written as DS.
     ``method``: a Code String (upper-case letters, digits, "_" and space, at
     most 16 characters), e.g. "ISO_15444_1" or a medcodec method name.
+    ``description``: optional text for Derivation Description (printable
+    ASCII, at most 256 characters), e.g. "near-lossless, max error 2".
     """
 
     ratio: float
     method: str
+    description: str | None = None
 
     def __post_init__(self):
         try:
@@ -268,6 +274,10 @@ class LossyInfo:
                 f"lossy compression method {self.method!r} is not a DICOM code string "
                 "(A-Z, 0-9, '_' or space, 1 to 16 characters)"
             )
+        d = self.description
+        if d is not None and (not isinstance(d, str) or not 0 < len(d) <= 256 or not d.isprintable()
+                              or not d.isascii()):
+            raise MedcodecError(f"lossy description {d!r} must be 1 to 256 printable ASCII characters")
 
 
 @dataclass(frozen=True)
@@ -713,6 +723,12 @@ def _mark_lossy(ds: Dataset, ratio: float, method: str) -> None:
     ds.LossyImageCompressionMethod = methods if len(methods) > 1 else methods[0]
 
 
+def _add_derivation(ds: Dataset, text: str) -> None:
+    """Append ``text`` to Derivation Description (ST, at most 1024 characters)."""
+    old = str(ds.get("DerivationDescription", "") or "").strip()
+    ds.DerivationDescription = (f"{old}; {text}" if old else text)[:1024]
+
+
 def _new_instance(ds: Dataset) -> None:
     """New SOP Instance UID; reference the old one in Source Image Sequence."""
     old_uid = ds.SOPInstanceUID
@@ -810,6 +826,8 @@ def merge_dicom(meta: bytes, pixels: np.ndarray, lossy: LossyInfo | None = None)
             ds.file_meta = _output_meta(ds)
             if lossy is not None:
                 _mark_lossy(ds, lossy.ratio, lossy.method)
+                if lossy.description:
+                    _add_derivation(ds, lossy.description)
                 _new_instance(ds)
             ds[PIXEL_DATA] = DataElement(PIXEL_DATA, "OW" if layout.bits_allocated == 16 else "OB", data)
             ds.preamble = _PREAMBLE

@@ -96,7 +96,8 @@ class FixedNet:
             p = f"{prefix}.{i}"
             out[f"{p}.op"] = np.array(layer.op)
             out[f"{p}.act"] = np.array(layer.act)
-            out[f"{p}.weight"] = np.asarray(layer.weight, dtype=np.int32)
+            # int8 networks keep int8 weights on disk (a quarter of the size); 16-bit ones int32
+            out[f"{p}.weight"] = np.asarray(layer.weight, dtype=np.int8 if self.bits <= 8 else np.int32)
             if layer.bias is not None:
                 out[f"{p}.bias"] = np.asarray(layer.bias, dtype=np.int64)
             out[f"{p}.ints"] = np.array([layer.fp_w, layer.fp_b, layer.fp_out, layer.stride, layer.padding,

@@ -18,6 +18,19 @@ Per tile (T x T, T = the package's tile size)::
 Stored values map to the network's [0, 1] input with the image's own range
 (per frame): x01 = (x - lo) / (hi - lo); lo and hi go into the file, so nothing is
 clipped and no display window is applied.
+
+Modes (HEAD ``mode``)::
+
+    "lossy"          the tiles only
+    "near-lossless"  tiles + per frame a residual stream (RESD chunk, ``codec/residual.py``):
+                     |x - decoded| <= HEAD max_error everywhere (a fixed D, or the largest D whose
+                     PSNR meets HEAD target_psnr, chosen per frame)
+    "lossless"       tiles + residual streams with D = 0: bit-exact
+
+The residual layer codes x against x_hat, the lossy layer's reconstruction exactly as the decoder
+rebuilds it (the encoder decodes its own tiles through the same function as ``decompress``); each
+residual stream carries the CRC-32 of its x_hat, so a decoder whose networks (another backend, another
+build) rebuild a different x_hat stops with a one-line error instead of returning wrong pixels.
 """
 
 from __future__ import annotations
@@ -28,7 +41,7 @@ from typing import Protocol
 
 import numpy as np
 
-from codec import container
+from codec import container, residual
 from codec.entropy import decode, decode_factorized, encode, encode_factorized
 from codec.errors import MedcodecError
 from codec.intconv import round_half_up
@@ -36,6 +49,9 @@ from codec.package import CodecPackage
 from codec.tiling import TileGrid, merge_tiles, split_tiles
 
 FORMAT_MODE_LOSSY = "lossy"
+FORMAT_MODE_NEAR_LOSSLESS = "near-lossless"
+FORMAT_MODE_LOSSLESS = "lossless"
+MODES = (FORMAT_MODE_LOSSY, FORMAT_MODE_NEAR_LOSSLESS, FORMAT_MODE_LOSSLESS)
 BATCH_TILES = 8  # tiles per network call: bounds memory on the board
 
 
@@ -53,6 +69,7 @@ class Timing:
     synthesis_s: float = 0.0
     hyper_s: float = 0.0
     coding_s: float = 0.0
+    residual_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
@@ -151,13 +168,42 @@ class Source:
     meta: bytes | None = None  # deflated DICOM metadata, if any
 
 
-def compress(src: Source, nets: Networks, pkg: CodecPackage, *, weights_sha256: str = "",
-             timing: Timing | None = None, map_mode: str = "minmax") -> bytes:
-    """Stored pixels -> a complete ``.mdc`` file (bytes)."""
+def check_mode(mode: str, max_error: int | None, target_psnr: float | None) -> None:
+    """Raise MedcodecError unless the mode and its parameters go together."""
+    if mode not in MODES:
+        raise MedcodecError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
+    if mode == FORMAT_MODE_NEAR_LOSSLESS:
+        if (max_error is None) == (target_psnr is None):
+            raise MedcodecError("near-lossless mode needs exactly one of a max error D >= 1 or a target PSNR")
+        if max_error is not None and (isinstance(max_error, bool) or not isinstance(max_error, int)
+                                      or not 1 <= max_error <= residual.MAX_ERROR_LIMIT):
+            raise MedcodecError(f"max error must be an integer in 1..{residual.MAX_ERROR_LIMIT}, got {max_error!r}")
+        if target_psnr is not None and (isinstance(target_psnr, bool) or not isinstance(target_psnr, (int, float))
+                                        or not 0 < float(target_psnr) < 1000):
+            raise MedcodecError(f"target PSNR must be a number of dB in (0, 1000), got {target_psnr!r}")
+    elif max_error not in (None, 0) or target_psnr is not None:
+        raise MedcodecError(f"{mode} mode takes neither a max error nor a target PSNR")
+
+
+def _frames_of(px: np.ndarray) -> list[np.ndarray]:
+    return [px] if px.ndim == 2 else list(px)
+
+
+def _rebuild(streams: list[list[bytes]], grid: TileGrid, maps, dtype, nets: Networks, pkg: CodecPackage,
+             timing: Timing | None) -> list[np.ndarray]:
+    """Tile streams -> the lossy reconstruction per frame (stored values): what every decoder sees."""
+    x01 = decode_tiles(streams, nets, pkg, timing)
+    return [from_unit(merge_tiles(grid, x01[f * grid.count:(f + 1) * grid.count]), int(lo), int(hi), dtype)
+            for f, (lo, hi) in enumerate(maps)]
+
+
+def lossy_layer(src: Source, nets: Networks, pkg: CodecPackage, *, timing: Timing | None = None,
+                map_mode: str = "minmax") -> tuple[dict, list[list[bytes]]]:
+    """Stored pixels -> (HEAD of a lossy file, tile streams)."""
     px = np.asarray(src.pixels)
-    frames = [px] if px.ndim == 2 else list(px)
-    if px.ndim not in (2, 3) or px.dtype.kind not in "iu" or px.dtype.itemsize > 2:
+    if px.ndim not in (2, 3) or px.dtype.kind not in "iu" or px.dtype.itemsize > 2 or px.size == 0:
         raise MedcodecError(f"unsupported pixel array (shape {px.shape}, dtype {px.dtype}); need 8-16-bit integers")
+    frames = _frames_of(px)
     tile = pkg.tile
     maps, tiles = [], []
     grid = None
@@ -168,15 +214,60 @@ def compress(src: Source, nets: Networks, pkg: CodecPackage, *, weights_sha256: 
         tiles.extend(ts)
     streams = encode_tiles(tiles, nets, pkg, timing)
     head = {
-        "model": pkg.name, "quality": pkg.quality, "checkpoint_sha256": pkg.sha256,
-        "weights_sha256": weights_sha256 or pkg.meta.get("weights_sha256", ""),
+        "model": pkg.name, "quality": pkg.quality, "checkpoint_sha256": pkg.sha256, "backend": pkg.backend,
+        "weights_sha256": pkg.meta.get("weights_sha256", ""),
         "mode": FORMAT_MODE_LOSSY, "source": src.kind,
         "rows": int(px.shape[-2]), "cols": int(px.shape[-1]), "frames": len(frames),
         "dtype": px.dtype.str, "bits_stored": int(src.bits_stored), "signed": bool(src.signed),
         "photometric": src.photometric, "input_map": maps,
         "tile": tile, "grid": [grid.grid_rows, grid.grid_cols], "tiles": len(streams),
     }
-    return container.write_container(head, streams, meta=src.meta)
+    return head, streams
+
+
+def lossy_reconstruction(head: dict, streams: list[list[bytes]], nets: Networks, pkg: CodecPackage,
+                         timing: Timing | None = None) -> list[np.ndarray]:
+    """x_hat per frame, from a HEAD and tile streams, exactly as :func:`decompress` rebuilds it."""
+    grid = TileGrid(int(head["rows"]), int(head["cols"]), int(head["tile"]))
+    return _rebuild(streams, grid, head["input_map"], np.dtype(head["dtype"]), nets, pkg, timing)
+
+
+def compress(src: Source, nets: Networks, pkg: CodecPackage, *, weights_sha256: str = "",
+             timing: Timing | None = None, map_mode: str = "minmax", mode: str = FORMAT_MODE_LOSSY,
+             max_error: int | None = None, target_psnr: float | None = None) -> bytes:
+    """Stored pixels -> a complete ``.mdc`` file (bytes).
+
+    ``mode`` ``"lossy"`` (the default), ``"lossless"``, or ``"near-lossless"`` with either
+    ``max_error`` (D >= 1: ``|x - decoded| <= D``) or ``target_psnr`` (dB, peak 2**bits_stored - 1:
+    the largest D per frame whose PSNR meets it; see ``residual.encode_for_psnr``).
+    """
+    check_mode(mode, max_error, target_psnr)
+    timing = timing if timing is not None else Timing()
+    head, streams = lossy_layer(src, nets, pkg, timing=timing, map_mode=map_mode)
+    if weights_sha256:
+        head["weights_sha256"] = weights_sha256
+    residuals: list[bytes] = []
+    if mode != FORMAT_MODE_LOSSY:
+        x_hats = lossy_reconstruction(head, streams, nets, pkg, timing)
+        t0 = time.perf_counter()
+        bounds = []
+        for f, (x, x_hat) in enumerate(zip(_frames_of(np.asarray(src.pixels)), x_hats, strict=True)):
+            try:
+                if target_psnr is not None:
+                    enc, _ = residual.encode_for_psnr(x, float(target_psnr), src.bits_stored, x_hat)
+                else:
+                    enc = residual.encode(x, x_hat, max_error or 0)
+            except residual.ResidualError as exc:
+                raise MedcodecError(f"frame {f}: {exc}" if len(x_hats) > 1 else str(exc)) from None
+            residuals.append(enc.data)
+            bounds.append(enc.header.max_error)
+        timing.residual_s += time.perf_counter() - t0
+        head["max_error"] = max(bounds)
+        head["mode"] = FORMAT_MODE_LOSSLESS if head["max_error"] == 0 else FORMAT_MODE_NEAR_LOSSLESS
+        if target_psnr is not None:
+            head["target_psnr"] = float(target_psnr)
+            head["frame_max_error"] = bounds
+    return container.write_container(head, streams, meta=src.meta, residuals=residuals)
 
 
 @dataclass
@@ -201,21 +292,45 @@ def read(data: bytes, pkg: CodecPackage) -> container.Container:
         raise container.ContainerError(f"tile size {h['tile']} differs from the model's {pkg.tile}")
     if len(maps) != frames or grid.count * frames != len(c.tiles) or dtype.kind not in "iu":
         raise container.ContainerError("HEAD geometry does not match the tiles")
-    if any(lo > hi for lo, hi in maps) or h.get("mode") != FORMAT_MODE_LOSSY:
+    if any(lo > hi for lo, hi in maps) or h.get("mode") not in MODES:
         raise container.ContainerError("HEAD input map or mode is invalid")
+    if h["mode"] == FORMAT_MODE_LOSSY:
+        if c.residuals:
+            raise container.ContainerError("a lossy file holds residual (RESD) chunks")
+    else:
+        d = h.get("max_error")
+        if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= residual.MAX_ERROR_LIMIT \
+                or (d == 0) != (h["mode"] == FORMAT_MODE_LOSSLESS):
+            raise container.ContainerError(f"HEAD max_error {d!r} does not fit mode {h['mode']!r}")
+        if len(c.residuals) != frames:
+            raise container.ContainerError(f"{h['mode']} file has {len(c.residuals)} residual streams for {frames} "
+                                           "frame(s)")
     return c
 
 
 def decompress(data: bytes, nets: Networks, pkg: CodecPackage, timing: Timing | None = None) -> Decoded:
-    """A ``.mdc`` file -> stored pixels (native dtype) and the DICOM metadata."""
+    """A ``.mdc`` file -> stored pixels (native dtype) and the DICOM metadata.
+
+    Lossless and near-lossless files get their residual applied; a residual stream that does not
+    match the rebuilt x_hat, or whose bound exceeds HEAD max_error, raises MedcodecError.
+    """
     c = read(data, pkg)
     h = c.head
-    grid = TileGrid(int(h["rows"]), int(h["cols"]), int(h["tile"]))
-    dtype = np.dtype(h["dtype"])
-    x01 = decode_tiles(c.tiles, nets, pkg, timing)
-    frames = []
-    for f, (lo, hi) in enumerate(h["input_map"]):
-        img = merge_tiles(grid, x01[f * grid.count:(f + 1) * grid.count])
-        frames.append(from_unit(img, int(lo), int(hi), dtype))
+    timing = timing if timing is not None else Timing()
+    frames = lossy_reconstruction(h, c.tiles, nets, pkg, timing)
+    if h["mode"] != FORMAT_MODE_LOSSY:
+        t0 = time.perf_counter()
+        out = []
+        for f, (stream, x_hat) in enumerate(zip(c.residuals, frames, strict=True)):
+            where = f"frame {f}: " if len(frames) > 1 else ""
+            try:
+                bound = residual.read_header(stream).max_error
+                if bound > int(h["max_error"]):
+                    raise residual.ResidualError(f"residual bound {bound} exceeds HEAD max_error {h['max_error']}")
+                out.append(residual.decode(stream, x_hat))
+            except residual.ResidualError as exc:
+                raise MedcodecError(f"{where}{exc}") from None
+        frames = out
+        timing.residual_s += time.perf_counter() - t0
     pixels = frames[0] if len(frames) == 1 else np.stack(frames)
     return Decoded(head=h, pixels=pixels, meta=c.meta)

@@ -85,8 +85,14 @@ def conv_transpose2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = Non
                      padding: int = 0, output_padding: int = 0) -> np.ndarray:
     """Exact integer transposed conv, same semantics as torch.nn.ConvTranspose2d (groups=1, dilation 1).
 
-    w: (C_in, C_out, kh, kw) as torch stores it. Implemented as zero insertion + a conv with the
-    flipped, transposed kernel, so it is exact under the same bound as ``conv2d``.
+    w: (C_in, C_out, kh, kw) as torch stores it. Computed the way it is defined, by scattering:
+    one matmul gives every input pixel times every kernel tap, ``Y = w^T x`` ((C_out, kh, kw, H, W),
+    C_in terms per sum), and the taps are added into the output at stride ``stride``::
+
+        full[:, i*s + a, j*s + b] += Y[:, a, b, i, j];    out = full[:, p:p+OH, p:p+OW] + bias
+
+    No zeros are multiplied (a zero-insertion conv would do stride**2 times the work), and every
+    partial sum is an integer below the ``check_exact`` bound, so the result is exact in any order.
     """
     x = np.asarray(x, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
@@ -94,16 +100,19 @@ def conv_transpose2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = Non
     c, h, wd = x.shape
     if c != cin:
         raise ValueError(f"input has {c} channels, weight expects {cin}")
-    up = np.zeros((c, (h - 1) * stride + 1, (wd - 1) * stride + 1), dtype=np.float64)
-    up[:, ::stride, ::stride] = x
-    wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C_out, C_in, kh, kw)
-    pt, pl = kh - 1 - padding, kw - 1 - padding
-    if pt < 0 or pl < 0:
+    if padding > min(kh, kw) - 1:
         raise ValueError("padding larger than kernel - 1 is not supported")
-    pad = (pt, pt + output_padding, pl, pl + output_padding)
-    check_exact(up, wf, cin * kh * kw + (1 if bias is not None else 0))
-    cols, oh, ow = _im2col(up, kh, kw, 1, pad)
-    out = wf.reshape(cout, cin * kh * kw) @ cols
+    check_exact(x, w, cin * kh * kw + (1 if bias is not None else 0))
+    oh = (h - 1) * stride - 2 * padding + kh + output_padding
+    ow = (wd - 1) * stride - 2 * padding + kw + output_padding
+    y = (w.reshape(cin, cout * kh * kw).T @ x.reshape(cin, h * wd)).reshape(cout, kh, kw, h, wd)
+    fh = max((h - 1) * stride + kh, padding + oh)
+    fw = max((wd - 1) * stride + kw, padding + ow)
+    full = np.zeros((cout, fh, fw), dtype=np.float64)
+    for a in range(kh):
+        for b in range(kw):
+            full[:, a:a + (h - 1) * stride + 1:stride, b:b + (wd - 1) * stride + 1:stride] += y[:, a, b]
+    out = full[:, padding:padding + oh, padding:padding + ow]
     if bias is not None:
-        out += np.asarray(bias, dtype=np.float64)[:, None]
-    return out.reshape(cout, oh, ow)
+        out = out + np.asarray(bias, dtype=np.float64)[:, None, None]
+    return np.ascontiguousarray(out)

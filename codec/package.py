@@ -8,7 +8,11 @@ A package (``.npz``, written once at export by ``models/export.py``) holds:
   channel, and the integer channel centres ``z_center`` (symbol = z_int - center);
 - ``y``: the Gaussian conditional tables, one per entry of the fixed scale table;
 - ``h_s``: the hyper-synthesis as a 16-bit ``FixedNet`` (exact integers), whose
-  output, in scale-index space at ``fp_out``, gives the table index in integers.
+  output, in scale-index space at ``fp_out``, gives the table index in integers;
+- ``nets`` (int8 packages only, ``meta["backend"] == "int8"``): the DPU networks
+  ``g_a``, ``h_a`` (with the ``abs`` absorbed) and ``g_s`` as int8 ``FixedNet`` s, made
+  by ``quantize/codec_int8.py``; h_s is then int8 as well. They are what the integer
+  emulator runs (``codec/dpunets.py``) and what a DPU computes from the same xmodel.
 
 Both the encoder and the decoder derive every table choice from these integers,
 so decoding never depends on floating-point luck. The package's own sha256 is
@@ -20,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +59,12 @@ class CodecPackage:
     y_tables: TableSet
     h_s: FixedNet
     sha256: str = ""
+    nets: dict[str, FixedNet] = field(default_factory=dict)
+
+    @property
+    def backend(self) -> str:
+        """"float" (host torch networks + integer h_s) or "int8" (every network a FixedNet)."""
+        return str(self.meta.get("backend", "float"))
 
     @property
     def name(self) -> str:
@@ -70,7 +80,8 @@ class CodecPackage:
 
     def scale_index(self, z_int: np.ndarray) -> np.ndarray:
         """z (integers, (N, h, w)) -> table index per element of y, (M, 4h, 4w), in integers only."""
-        t_q = self.h_s.forward_int(z_int)
+        # z_int at the network's input fix position (0 for the 16-bit h_s: z itself), saturated, never wrapped
+        t_q = self.h_s.forward_int(self.h_s.quantize_input(z_int))
         levels = self.y_tables.num_tables
         return np.clip(round_half_up(t_q * 2.0**-self.h_s.fp_out), 0, levels - 1).astype(np.int64)
 
@@ -80,6 +91,10 @@ class CodecPackage:
         arrays.update(tables_to_arrays(self.z_tables, "z"))
         arrays.update(tables_to_arrays(self.y_tables, "y"))
         arrays.update(self.h_s.to_arrays("h_s"))
+        if self.nets:
+            arrays["nets"] = np.array(",".join(sorted(self.nets)))
+            for name, net in sorted(self.nets.items()):
+                arrays.update(net.to_arrays(f"net.{name}"))
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
@@ -98,6 +113,8 @@ class CodecPackage:
                 y_tables=tables_from_arrays(a, "y"),
                 h_s=FixedNet.from_arrays(a, "h_s"),
                 sha256=hashlib.sha256(data).hexdigest(),
+                nets={n: FixedNet.from_arrays(a, f"net.{n}") for n in str(a["nets"]).split(",")}
+                if "nets" in a else {},
             )
         except PackageError:
             raise

@@ -20,6 +20,12 @@ How it works
    only parameters: every node without a runtime tensor input is a *constant*, folded
    at export (``GDN.effective_params``), and is not an op here. Shape bookkeeping
    (``x.shape[1]``) is dropped the same way. No leaf-module policy is needed.
+   The DPU-only GDN forms of ``models/layers.py`` (``PolyGDN``, ``SimplifiedGDN``, built by
+   the ``gdn_polynomial`` / ``gdn_simplified`` passes) trace the same way into nothing but
+   1x1 ``conv2d`` (dense and depthwise), ``relu`` after a conv and ``mul`` of two distinct
+   tensors (their square is ``x * square_operand(x)``, never ``x * x``), so the existing
+   checks judge them DPU and a g_a / g_s built from them is one DPU subgraph
+   (``tests/quantize/test_gdn_polynomial.py``).
 2. **Lower.** Each remaining fx node becomes one :class:`OpInfo` with a normalised
    op *kind* (``conv2d``, ``conv_transpose2d``, ``relu``, ``mul``, ``square`` ...)
    and its attributes. ``mul(x, x)`` is the kind ``square``. ``pre_ops``/``post_ops``

@@ -27,7 +27,7 @@ Dataflow (x in [0, 1], one channel, H and W multiples of 64)::
                                                     |
                                                  x_hat [B,1,H,W]
 
-Contract (CompressAI): ``forward(x) -> {"x_hat", "likelihoods": {"y", "z"}, "t"}``.
+Contract (CompressAI): ``forward(x) -> {"x_hat", "likelihoods": {"y", "z"}, "t", "y"}`` (y: the latent, for distillation).
 The compress-side helpers return tensors only (symbols and scale indices);
 entropy coding, tiling and the container live in ``codec/`` (numpy):
 
@@ -50,10 +50,17 @@ from torch import Tensor, nn
 from models.entropy import SCALE_MIN, SCALE_STEP, EntropyBottleneck, GaussianConditional, scale_index
 from models.layers import GDN, conv, deconv
 
-__all__ = ["GDNHyperprior", "complexity"]
+__all__ = ["LEAKY_SLOPE", "TRANSFORMS", "GDNHyperprior", "complexity"]
 
 #: H and W of the input must be multiples of this (4 stride-2 in g_a, 2 more in h_a).
 ALIGN = 64
+
+#: the nonlinearity of g_a / g_s: "gdn" (GDN / inverse GDN, the founding document's model) or
+#: "leaky" (LeakyReLU(26/256), the DPU-native replacement; model ``dpu-hyperprior``)
+TRANSFORMS = ("gdn", "leaky")
+
+#: the DPU's only LeakyReLU slope (arch/ULTRA96.json, codec/fixednet.py)
+LEAKY_SLOPE = 26 / 256
 
 
 def _named(*items: tuple[str, nn.Module]) -> nn.Sequential:
@@ -73,22 +80,33 @@ class GDNHyperprior(nn.Module):
             noisy y. (A short A/B fine-tune showed no gain yet, hence not the default.)
     """
 
-    def __init__(self, N: int = 64, M: int = 128, decoder_input: str = "noise"):
+    def __init__(self, N: int = 64, M: int = 128, decoder_input: str = "noise", transform: str = "gdn"):
         super().__init__()
         if decoder_input not in ("ste", "noise"):
             raise ValueError(f"decoder_input must be 'ste' or 'noise', got {decoder_input!r}")
+        if transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
         self.N, self.M = int(N), int(M)
         self.decoder_input = decoder_input
+        self.transform = transform
+
+        def act(name: str, inverse: bool) -> tuple[str, nn.Module]:
+            # "leaky": the DPU-native block (conv + LeakyReLU at the DPU's only slope, 26/256) that
+            # replaces GDN; trained by fine-tuning from the GDN model (models/weights/README.md)
+            if transform == "leaky":
+                return f"act{name[-1]}", nn.LeakyReLU(LEAKY_SLOPE)
+            return name, GDN(N, inverse=inverse)
+
         self.g_a = _named(
-            ("conv0", conv(1, N)), ("gdn0", GDN(N)),
-            ("conv1", conv(N, N)), ("gdn1", GDN(N)),
-            ("conv2", conv(N, N)), ("gdn2", GDN(N)),
+            ("conv0", conv(1, N)), act("gdn0", False),
+            ("conv1", conv(N, N)), act("gdn1", False),
+            ("conv2", conv(N, N)), act("gdn2", False),
             ("conv3", conv(N, M)),
         )
         self.g_s = _named(
-            ("deconv0", deconv(M, N)), ("igdn0", GDN(N, inverse=True)),
-            ("deconv1", deconv(N, N)), ("igdn1", GDN(N, inverse=True)),
-            ("deconv2", deconv(N, N)), ("igdn2", GDN(N, inverse=True)),
+            ("deconv0", deconv(M, N)), act("igdn0", True),
+            ("deconv1", deconv(N, N)), act("igdn1", True),
+            ("deconv2", deconv(N, N)), act("igdn2", True),
             ("deconv3", deconv(N, 1)),
         )
         self.h_a = _named(
@@ -118,7 +136,7 @@ class GDNHyperprior(nn.Module):
         if self.training and self.decoder_input == "ste":
             y_hat = y + (torch.round(y) - y).detach()
         x_hat = self.g_s(y_hat)
-        return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}, "t": t}
+        return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}, "t": t, "y": y}
 
     def aux_loss(self) -> Tensor:
         """The EntropyBottleneck quantile loss (own optimizer; CompressAI ``aux_loss``)."""

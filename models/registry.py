@@ -54,3 +54,5 @@ def create(name: str, **overrides) -> nn.Module:
 
 
 register("gdn-hyperprior", GDNHyperprior, {"N": 64, "M": 128})
+#: the same codec with GDN / inverse GDN replaced by LeakyReLU(26/256): every layer a DPU operator
+register("dpu-hyperprior", GDNHyperprior, {"N": 64, "M": 128, "transform": "leaky"})

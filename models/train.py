@@ -77,6 +77,17 @@ class TrainConfig:
     """Continue from ``out/checkpoint.pt`` when it exists (else start fresh)."""
     init: str | None = None
     """Warm start: a state_dict (or checkpoint.pt) to load the model weights from."""
+    init_partial: bool = False
+    """Load only the ``init`` tensors whose names and shapes fit (e.g. a GDN model's convs into the
+    LeakyReLU ``dpu-hyperprior``); the skipped names go into the record."""
+    teacher: str | None = None
+    """Distillation: weights of a ``teacher_model`` whose latent y the student is pulled towards."""
+    teacher_model: str = "gdn-hyperprior"
+    """Registry name of the teacher."""
+    distill: float = 0.0
+    """Weight of mean((y - y_teacher)^2) in the loss, decayed linearly to 0 at ``distill_until``."""
+    distill_until: float = 0.5
+    """Fraction of ``steps`` after which the distillation term is 0 (the RD loss alone)."""
     lr: float = 1e-4
     """Adam learning rate of the main loss."""
     aux_lr: float = 1e-3
@@ -167,17 +178,34 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _load_init(model, path: str) -> None:
+def _load_init(model, path: str, partial: bool = False) -> list[str]:
+    """Load ``path`` into ``model``; returns the names skipped (only when ``partial``)."""
     p = Path(path)
     if not p.is_file():
         raise TrainError(f"--init {p}: no such file")
     state = torch.load(p, map_location="cpu", weights_only=False)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if partial:
+        own = model.state_dict()
+        fit = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not fit:
+            raise TrainError(f"--init {p}: no tensor fits this model")
+        model.load_state_dict(fit, strict=False)
+        return sorted(set(state) - set(fit)) + sorted(set(own) - set(fit))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise TrainError(f"--init {p}: does not fit this model ({str(exc).splitlines()[0]})") from None
+    return []
+
+
+def distill_weight(cfg: TrainConfig, step: int) -> float:
+    """The distillation weight at ``step``: ``distill`` decaying linearly to 0 at ``distill_until``."""
+    end = cfg.distill_until * cfg.steps
+    if cfg.distill <= 0 or end <= 0 or step >= end:
+        return 0.0
+    return cfg.distill * (1.0 - step / end)
 
 
 def _portable(path) -> str:
@@ -222,8 +250,12 @@ def run(cfg: TrainConfig) -> dict:
     val_x, val_groups = validation_crops(load_images(data_dir, val_files), cfg.val_crop, cfg.val_per_image)
 
     model = registry.create(cfg.model, N=cfg.N, M=cfg.M)
-    if cfg.init:
-        _load_init(model, cfg.init)
+    skipped = _load_init(model, cfg.init, cfg.init_partial) if cfg.init else []
+    teacher = None
+    if cfg.teacher:
+        teacher = registry.create(cfg.teacher_model, N=cfg.N, M=cfg.M)
+        _load_init(teacher, cfg.teacher)
+        teacher.eval().requires_grad_(False)
     main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
     opt = torch.optim.Adam(main_params, lr=cfg.lr)
@@ -276,8 +308,14 @@ def run(cfg: TrainConfig) -> dict:
             x = sampler.sample(cfg.batch)
             opt.zero_grad(set_to_none=True)
             aux_opt.zero_grad(set_to_none=True)
-            terms = rd_terms(model(x), x)
+            out = model(x)
+            terms = rd_terms(out, x)
             loss = cfg.lmbda * terms["mse"] + terms["bpp"]
+            w = distill_weight(cfg, step)
+            if teacher is not None and w > 0:
+                with torch.no_grad():
+                    y_t = teacher.g_a(x)
+                loss = loss + w * F.mse_loss(out["y"], y_t)
             if not torch.isfinite(loss):
                 raise TrainError(f"loss is not finite at step {step} (try a smaller --lr)")
             loss.backward()
@@ -337,7 +375,10 @@ def run(cfg: TrainConfig) -> dict:
         "aux_lr": cfg.aux_lr,
         "clip": cfg.clip,
         "threads": cfg.threads,
-        "init": {"path": _portable(cfg.init), "sha256": zoo.sha256_file(cfg.init)} if cfg.init else None,
+        "init": {"path": _portable(cfg.init), "sha256": zoo.sha256_file(cfg.init), "partial": cfg.init_partial,
+                 "skipped": skipped} if cfg.init else None,
+        "teacher": {"model": cfg.teacher_model, "path": _portable(cfg.teacher), "sha256": zoo.sha256_file(cfg.teacher),
+                    "distill": cfg.distill, "distill_until": cfg.distill_until} if cfg.teacher else None,
         "data_dir": _portable(data_dir),
         "train_files": train_files,
         "val_files": val_files,

@@ -19,7 +19,8 @@ import torch
 from codec.errors import MedcodecError
 from models import registry
 
-__all__ = ["WEIGHTS_DIR", "ZOO", "ZooError", "checkpoint_path", "load_model", "sha256_file", "verify_checkpoint"]
+__all__ = ["WEIGHTS_DIR", "ZOO", "ZooError", "checkpoint_path", "int8_package_path", "load_int8_package", "load_model",
+           "sha256_file", "verify_checkpoint"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -39,6 +40,12 @@ ZOO: dict[str, dict[int, dict]] = {
         2: {"lambda": 8000.0, "N": 64, "M": 128, "checkpoint": "gdn-hyperprior-q2.pt"},
         3: {"lambda": 60000.0, "N": 64, "M": 128, "checkpoint": "gdn-hyperprior-q3.pt"},
         4: {"lambda": 300000.0, "N": 64, "M": 128, "checkpoint": "gdn-hyperprior-q4.pt"},
+    },
+    "dpu-hyperprior": {
+        1: {"lambda": 1000.0, "N": 64, "M": 128, "checkpoint": "dpu-hyperprior-q1.pt"},
+        2: {"lambda": 8000.0, "N": 64, "M": 128, "checkpoint": "dpu-hyperprior-q2.pt"},
+        3: {"lambda": 60000.0, "N": 64, "M": 128, "checkpoint": "dpu-hyperprior-q3.pt"},
+        4: {"lambda": 300000.0, "N": 64, "M": 128, "checkpoint": "dpu-hyperprior-q4.pt"},
     },
 }
 
@@ -94,6 +101,25 @@ def hashes(name: str, quality: int, weights_dir=None) -> dict:
 
 def package_path(name: str, quality: int, weights_dir=None) -> Path:
     return checkpoint_path(name, quality, weights_dir).with_suffix(".npz")
+
+
+def int8_package_path(name: str, quality: int, weights_dir=None) -> Path:
+    """The committed int8 codec package (``make quantize``'s output for the zoo's calibration set)."""
+    return checkpoint_path(name, quality, weights_dir).with_suffix(".int8.npz")
+
+
+def load_int8_package(name: str = "dpu-hyperprior", quality: int = 1, weights_dir=None):
+    """The committed int8 ``CodecPackage`` of a zoo entry, verified against weights/zoo.json."""
+    from codec.package import PackageError, load_package
+
+    h = hashes(name, quality, weights_dir)
+    path = int8_package_path(name, quality, weights_dir)
+    if not h.get("int8_package_sha256"):
+        raise ZooError(f"{path.name}: no int8 package recorded for {name} q{quality} (run `make quantize`)")
+    try:
+        return load_package(path, h["int8_package_sha256"])
+    except PackageError as exc:
+        raise ZooError(str(exc)) from None
 
 
 def load_codec(name: str = "gdn-hyperprior", quality: int = 1, weights_dir=None):

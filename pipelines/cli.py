@@ -20,11 +20,14 @@ COMMANDS = (
     "pipelines.eval_cmd",
     "pipelines.info",
     "pipelines.baseline",
+    "pipelines.residual_eval",
     "pipelines.train",
     "pipelines.export",
     "pipelines.partition_cmd",
     "pipelines.demo",
     "pipelines.bench",
+    "pipelines.board_cmd",
+    "pipelines.stage_cmd",
 )
 
 

@@ -3,23 +3,28 @@
     medcodec compress IN.dcm OUT.mdc --model gdn-hyperprior --quality 3
     medcodec compress DIR/ OUTDIR/ --quality 3          (every DICOM/PNG/.npy under DIR)
     medcodec decompress IN.mdc OUT.dcm                   (or a folder of .mdc -> OUTDIR/)
+    medcodec compress IN.dcm OUT.mdc --mode lossless                  (bit-exact)
+    medcodec compress IN.dcm OUT.mdc --mode near-lossless --max-error 2   (|error| <= 2)
+    medcodec compress IN.dcm OUT.mdc --mode near-lossless --target-psnr 60
 
 A decompressed DICOM has every original element back, Lossy Image Compression
-"01" with its ratio and method, and a new SOP Instance UID. Outputs are written
-to a temporary name and renamed; existing outputs need ``--force``.
+"01" with its ratio and method, and a new SOP Instance UID; near-lossless adds
+its bound to Derivation Description; a lossless one keeps its SOP Instance UID
+and is not marked lossy. Outputs are written to a temporary name and renamed;
+existing outputs need ``--force``.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
+import imagecodecs
 from tqdm import tqdm
 
-from codec import container, gdncodec
+from codec import gdncodec, sources
 from codec.errors import MedcodecError
-from codec.fileio import atomic_write, check_writable
+from codec.fileio import atomic_write
 from models import zoo
 from models.export import TorchNetworks
 from pipelines import codecio
@@ -40,6 +45,16 @@ def register(sub) -> None:
     p.add_argument("output", metavar="OUT", help="the .mdc file (or a folder when IN is a folder)")
     p.add_argument("--model", default="gdn-hyperprior", help="codec model (default gdn-hyperprior)")
     p.add_argument("--quality", type=int, default=3, help="rate point 1 (smallest) .. 4 (best) (default 3)")
+    p.add_argument("--backend", choices=BACKENDS, default="float",
+                   help="float (torch), rewritten (exact DPU rewrites, torch) or int8 (the DPU's integers, "
+                        "on the emulator; dpu-hyperprior only) (default float)")
+    p.add_argument("--mode", choices=gdncodec.MODES, default="lossy",
+                   help="lossy (the learned layer only, default), near-lossless (plus the residual layer: "
+                        "|error| <= D) or lossless (bit-exact)")
+    p.add_argument("--max-error", type=int, default=None, metavar="D",
+                   help="near-lossless: the largest absolute error in stored values, D >= 1")
+    p.add_argument("--target-psnr", type=float, default=None, metavar="DB",
+                   help="near-lossless: the largest D per frame whose PSNR (peak 2^BitsStored-1) is >= DB")
     _add_model_args(p)
     p.set_defaults(func=run_compress)
 
@@ -54,13 +69,43 @@ def register(sub) -> None:
 _CACHE: dict = {}
 
 
-def load_codec(name: str, quality: int, threads: int | None = None):
-    """(TorchNetworks, CodecPackage) for a zoo entry, hashes verified."""
-    key = (name, quality)
+BACKENDS = ("float", "rewritten", "int8")
+
+
+def load_codec(name: str, quality: int, threads: int | None = None, backend: str = "float"):
+    """(Networks, CodecPackage) for a zoo entry, hashes verified.
+
+    ``float``: the trained torch networks; ``rewritten``: the same after the exact DPU rewrites
+    (``quantize/codec_int8.dpu_networks``), same package; ``int8``: the committed int8 package run
+    on the integer DPU emulator (``codec/dpunets.py``), bit for bit what the DPU computes.
+    """
+    if backend not in BACKENDS:
+        raise MedcodecError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
+    key = (name, quality, backend)
     if key not in _CACHE:
-        model, pkg = zoo.load_codec(name, quality)
-        _CACHE[key] = (TorchNetworks(model, threads), pkg)
+        if backend == "int8":
+            from codec.dpunets import emulator_networks
+
+            pkg = zoo.load_int8_package(name, quality)
+            _CACHE[key] = (emulator_networks(pkg), pkg)
+        else:
+            model, pkg = zoo.load_codec(name, quality)
+            if backend == "rewritten":
+                from quantize.codec_int8 import dpu_networks
+
+                nets, _ = dpu_networks(model)
+                model = _rewritten(model, nets)
+            _CACHE[key] = (TorchNetworks(model, threads), pkg)
     return _CACHE[key]
+
+
+def _rewritten(model, nets):
+    """A copy of ``model`` with the deployable networks (h_a(|y|) = absorbed h_a(y): abs is idempotent)."""
+    import copy
+
+    m = copy.deepcopy(model)
+    m.g_a, m.g_s, m.h_s, m.h_a = nets["g_a"], nets["g_s"], nets["h_s"], nets["h_a"]
+    return m
 
 
 def _pairs(inp: Path, out: Path, suffixes, new_suffix: str | None):
@@ -77,60 +122,39 @@ def _pairs(inp: Path, out: Path, suffixes, new_suffix: str | None):
     return [(inp, out)]
 
 
-def compress_file(src_path: Path, dst: Path, name: str, quality: int, force: bool, threads=None) -> dict:
-    check_writable(dst, force)
-    src = codecio.load_source(src_path)
-    nets, pkg = load_codec(name, quality, threads)
-    timing = gdncodec.Timing()
-    t0 = time.perf_counter()
-    data = gdncodec.compress(src, nets, pkg, timing=timing)
-    enc_s = time.perf_counter() - t0
-    atomic_write(dst, data, force=force)
-    px = src.pixels
-    return {"bytes": len(data), "bpp": len(data) * 8 / px.size, "encode_s": enc_s, "timing": timing}
+def compress_file(src_path: Path, dst: Path, name: str, quality: int, force: bool, threads=None,
+                  backend: str = "float", *, mode: str = "lossy", max_error: int | None = None,
+                  target_psnr: float | None = None) -> dict:
+    """One image -> .mdc (``codec.sources.compress_file`` with the zoo's codec and imagecodecs' PNG)."""
+    return sources.compress_file(src_path, dst, lambda: load_codec(name, quality, threads, backend), force=force,
+                                 png_decode=imagecodecs.png_decode, mode=mode, max_error=max_error,
+                                 target_psnr=target_psnr)
 
 
-def decompress_file(src_path: Path, dst: Path | None, force: bool, threads=None) -> dict:
-    data = Path(src_path).read_bytes() if Path(src_path).is_file() else None
-    if data is None:
-        raise MedcodecError(f"{src_path}: no such file")
-    try:
-        head = container.read_container(data).head
-    except container.ContainerError as exc:
-        raise MedcodecError(f"{src_path}: {exc}") from None
-    quality = head.get("quality")
-    if not isinstance(quality, int):
-        raise MedcodecError(f"{src_path}: HEAD has no quality")
-    nets, pkg = load_codec(head["model"], quality, threads)
-    if dst is not None:
-        want = codecio.output_suffix(head)
-        if dst.suffix.lower() != want:
-            raise MedcodecError(f"{src_path}: holds a {head.get('source')} image; name the output *{want}")
-        check_writable(dst, force)
-    timing = gdncodec.Timing()
-    t0 = time.perf_counter()
-    try:
-        dec = gdncodec.decompress(data, nets, pkg, timing=timing)
-    except MedcodecError as exc:
-        raise MedcodecError(f"{src_path}: {exc}") from None
-    dec_s = time.perf_counter() - t0
-    out = codecio.encode_output(dec.head, dec.pixels, dec.meta, len(data))
-    if dst is not None:
-        atomic_write(dst, out, force=force)
-    return {"decode_s": dec_s, "pixels": dec.pixels, "head": dec.head, "output": out, "timing": timing}
+def decompress_file(src_path: Path, dst: Path | None, force: bool, threads=None, backend: str | None = None) -> dict:
+    """.mdc -> image (``codec.sources.decompress_file`` with the zoo's codec and imagecodecs' PNG).
+
+    ``backend`` None: the one the file was made with (its HEAD; an int8 file decodes on the emulator)."""
+    return sources.decompress_file(
+        src_path, dst, lambda head: load_codec(head["model"], head["quality"], threads,
+                                               backend or head.get("backend", "float")),
+        force=force, png_encode=imagecodecs.png_encode)
 
 
 def run_compress(args) -> int:
+    gdncodec.check_mode(args.mode, args.max_error, args.target_psnr)  # before any work
+    modes = {"mode": args.mode, "max_error": args.max_error, "target_psnr": args.target_psnr}
     pairs = _pairs(Path(args.input), Path(args.output), INPUT_SUFFIXES, ".mdc")
     if len(pairs) == 1 and not Path(args.input).is_dir():
-        r = compress_file(pairs[0][0], pairs[0][1], args.model, args.quality, args.force, args.threads)
-        print(f"{pairs[0][1]}: {r['bytes']} bytes, {r['bpp']:.3f} bpp, {r['encode_s']:.2f} s")
+        r = compress_file(pairs[0][0], pairs[0][1], args.model, args.quality, args.force, args.threads,
+                          backend=args.backend, **modes)
+        print(f"{pairs[0][1]}: {r['bytes']} bytes, {r['bpp']:.3f} bpp, {r['encode_s']:.2f} s, {r['mode']}")
         return 0
     failed = 0
     for src, dst in tqdm(pairs, desc="compress", unit="img", disable=args.no_progress, file=sys.stderr):
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
-            compress_file(src, dst, args.model, args.quality, args.force, args.threads)
+            compress_file(src, dst, args.model, args.quality, args.force, args.threads, backend=args.backend, **modes)
         except MedcodecError as exc:
             failed += 1
             tqdm.write(f"medcodec compress: error: {exc}", file=sys.stderr)

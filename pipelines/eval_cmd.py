@@ -47,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--json", dest="json_path", required=True, metavar="OUT.json")
     p.add_argument("--model", default="gdn-hyperprior")
+    p.add_argument("--backend", default="float",
+                   help="comma-separated: float, rewritten, int8 (emulated DPU integers); every one is run on "
+                        "the same images, the first one sets the classical codecs' target bpp (default float)")
     p.add_argument("--qualities", default=None, help="comma-separated qualities (default: all in the zoo)")
     p.add_argument("--plots", default=None, help="folder for RD plots (default: beside OUT.json)")
     p.add_argument("--threads", type=int, default=None)
@@ -65,23 +68,27 @@ def is_held_out(path: Path) -> bool:
     return any(v in text for v in VALIDATION)
 
 
-def eval_image(path: Path, name: str, qualities: list[int], tmp: Path, threads=None) -> dict:
+def eval_image(path: Path, name: str, qualities: list[int], tmp: Path, threads=None,
+               backends: tuple[str, ...] = ("float",)) -> dict:
     img = read_dicom(path)
     px = img.pixels
     rec = {"path": str(path), "modality": img.modality, "group": modality_group(img.modality),
            "rows": img.rows, "cols": img.cols, "frames": img.frames, "bits_stored": img.bits_stored,
-           "held_out": is_held_out(path), "learned": [], "classical": {c: [] for c in CLASSICAL}}
+           "held_out": is_held_out(path), "learned": [], "classical": {c: [] for c in CLASSICAL},
+           "backends": {b: [] for b in backends}}
     for q in qualities:
-        mdc = tmp / f"q{q}.mdc"
-        r = compress_file(path, mdc, name, q, force=True, threads=threads)
-        d = decompress_file(mdc, None, force=True, threads=threads)
-        size = mdc.stat().st_size
-        m = metrics.image_metrics(px, d["pixels"], img.bits_stored)
-        rec["learned"].append({
-            "quality": q, "bytes": size, "bpp": metrics.file_bpp(mdc, img.rows, img.cols, img.frames),
-            "encode_s": r["encode_s"], "decode_s": d["decode_s"],
-            **{k: _finite(v) for k, v in m.items()},
-        })
+        for b in backends:
+            mdc = tmp / f"q{q}-{b}.mdc"
+            r = compress_file(path, mdc, name, q, force=True, threads=threads, backend=b)
+            d = decompress_file(mdc, None, force=True, threads=threads, backend=b)
+            size = mdc.stat().st_size
+            m = metrics.image_metrics(px, d["pixels"], img.bits_stored)
+            rec["backends"][b].append({
+                "quality": q, "bytes": size, "bpp": metrics.file_bpp(mdc, img.rows, img.cols, img.frames),
+                "encode_s": r["encode_s"], "decode_s": d["decode_s"],
+                **{k: _finite(v) for k, v in m.items()},
+            })
+        rec["learned"].append(rec["backends"][backends[0]][-1])
         for cname in CLASSICAL:
             codec = classical.get_codec(cname)
             res = classical.encode_at_bpp(codec, px, rec["learned"][-1]["bpp"], bits_stored=img.bits_stored,
@@ -156,6 +163,24 @@ def aggregate(records: list[dict]) -> dict:
                                                       if a.get("psnr_bits") is not None and b.get("psnr_bits") is not None]))
                 if learned and cc else None,
             }
+        backends = list(recs[0].get("backends", {}))
+        agg["backends"] = {}
+        for b in backends:
+            curve = _mean_curve(recs, "backends", b)
+            agg["backends"][b] = {
+                "curve": curve,
+                "bd_rate_vs_j2k": _bd(agg["classical"]["j2k-lossy"]["curve"], curve),
+                "bd_rate_vs_j2k_range": _bd(agg["classical"]["j2k-lossy"]["curve"], curve, "psnr_range"),
+                "bd_rate_vs_jxl": _bd(agg["classical"]["jxl-lossy"]["curve"], curve),
+                # the cost of this backend against the first one (e.g. int8 vs float), on the same images
+                f"bd_rate_vs_{backends[0]}": _bd(learned, curve),
+                f"bd_rate_vs_{backends[0]}_range": _bd(learned, curve, "psnr_range"),
+                "delta_psnr_vs_j2k_same_bpp": float(np.mean(
+                    [a["psnr_bits"] - c["psnr_bits"] for a, c in zip(curve, agg["classical"]["j2k-lossy"]["curve"],
+                                                                        strict=False)
+                     if a.get("psnr_bits") is not None and c.get("psnr_bits") is not None])) if curve else None,
+                "psnr_at_0.5": _interp(curve, 0.5), "psnr_at_1": _interp(curve, 1.0),
+            }
         agg["psnr_at_0.5"] = _interp(learned, 0.5)
         agg["psnr_at_1"] = _interp(learned, 1.0)
         agg["psnr_range_at_0.5"] = _interp(learned, 0.5, "psnr_range")
@@ -219,10 +244,35 @@ def format_table(aggregates: dict) -> str:
     return "\n".join(lines)
 
 
+def format_backends(aggregates: dict, backends) -> str:
+    first = backends[0]
+    lines = [f"group              backend     BD-rate vs J2K   vs JXL   vs {first}   dPSNR vs J2K  PSNR@0.5  PSNR@1"]
+    for g, a in aggregates.items():
+        for b in backends:
+            x = a["backends"][b]
+
+            def pct(v):
+                return "no overlap" if v is None else f"{v:+.1f}%"
+
+            def f(v, spec=".2f"):
+                return "-" if v is None else format(v, spec)
+
+            lines.append(f"{g:17s}  {b:10s}  {pct(x['bd_rate_vs_j2k']):>14}  {pct(x['bd_rate_vs_jxl']):>7}  "
+                         f"{pct(x[f'bd_rate_vs_{first}']):>9}  {f(x['delta_psnr_vs_j2k_same_bpp'], '+.2f'):>12}  "
+                         f"{f(x['psnr_at_0.5']):>8}  {f(x['psnr_at_1']):>6}")
+    return "\n".join(lines)
+
+
 def run(args) -> int:
     out = check_writable(args.json_path, args.force)
     qualities = sorted(zoo.ZOO[args.model]) if args.qualities is None else \
         [int(q) for q in str(args.qualities).split(",")]
+    from pipelines.compress import BACKENDS
+
+    backends = tuple(b.strip() for b in str(args.backend).split(",") if b.strip())
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad or not backends or len(set(backends)) != len(backends):
+        raise MedcodecError(f"--backend {args.backend!r}: give distinct names from {', '.join(BACKENDS)}")
     files = dicom_inputs([args.data_dir])
     if args.limit:
         files = files[: args.limit]
@@ -233,7 +283,7 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="medcodec-eval-") as tmp:
         for f in tqdm(files, desc="eval", unit="img", disable=args.no_progress, file=sys.stderr):
             try:
-                records.append(eval_image(f, args.model, qualities, Path(tmp), args.threads))
+                records.append(eval_image(f, args.model, qualities, Path(tmp), args.threads, backends))
             except MedcodecError as exc:
                 skipped.append({"path": str(f), "reason": str(exc)})
                 tqdm.write(f"medcodec eval: skipped: {exc}", file=sys.stderr)
@@ -241,10 +291,12 @@ def run(args) -> int:
         raise MedcodecError("no image could be evaluated")
     agg = aggregate(records)
     plots = plot(agg, Path(args.plots) if args.plots else out.parent / "plots", args.model)
-    result = {"model": args.model, "qualities": qualities, "data_dir": str(args.data_dir),
+    result = {"model": args.model, "qualities": qualities, "backends": list(backends), "data_dir": str(args.data_dir),
               "aggregates": agg, "images": records, "skipped": skipped,
               "plots": [str(p) for p in plots], "wall_s": time.perf_counter() - t0}
     atomic_write(out, (json.dumps(result, indent=1) + "\n").encode(), force=args.force)
     print(format_table(agg))
+    if len(backends) > 1:
+        print(format_backends(agg, backends))
     print(f"wrote {out} and {len(plots)} RD plots; {time.perf_counter() - t0:.0f} s")
     return 0

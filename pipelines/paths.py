@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from codec.errors import MedcodecError
+from codec.sources import has_preamble
+
+__all__ = ["dicom_inputs", "has_preamble"]
 
 
 def dicom_inputs(paths) -> list[Path]:
@@ -25,12 +28,3 @@ def dicom_inputs(paths) -> list[Path]:
         else:
             raise MedcodecError(f"{p}: no such file or directory")
     return out
-
-
-def has_preamble(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"

@@ -138,6 +138,12 @@ class QuantSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantSpec:
+        """Inverse of :meth:`to_dict` (a JSON round trip gives the same spec)."""
+        return cls(fp_in=int(d["fp_in"]), layers=[LayerSpec(**ls) for ls in d["layers"]], bits=int(d.get("bits", 8)),
+                   log=list(d.get("log", [])))
+
 
 def _single(v, what: str) -> int:
     v = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
@@ -223,9 +229,14 @@ def check_legal(spec: QuantSpec, arch: dict) -> None:
 
 
 @torch.no_grad()
-def calibrate(net: nn.Sequential, batches: list[Tensor], arch: dict) -> QuantSpec:
+def calibrate(net: nn.Sequential, batches: list[Tensor], arch: dict,
+              pin_fp_out: dict[str, int] | None = None) -> QuantSpec:
     """Fix positions of the input and of every layer's weight, bias and output, legalised,
-    with each layer's SQNR (dB) on ``batches`` (each (N, C, H, W) or (C, H, W))."""
+    with each layer's SQNR (dB) on ``batches`` (each (N, C, H, W) or (C, H, W)).
+
+    ``pin_fp_out`` sets the output fix position of the named layers instead of calibrating it
+    (before legalisation), for outputs whose range is known, e.g. an index that must reach 63.
+    """
     q = arch["quantization"]
     if q["scale"] != "power_of_two" or not q["symmetric"] or not q["per_tensor"]:
         raise ValueError("builtin quantizer: power-of-two symmetric per-tensor only")
@@ -240,7 +251,10 @@ def calibrate(net: nn.Sequential, batches: list[Tensor], arch: dict) -> QuantSpe
     for i, (name, m, act) in enumerate(chain):
         fp_w = diffs_fix_pos(m.weight.detach(), "half_away", arch)
         fp_b = diffs_fix_pos(m.bias.detach(), "half_away", arch) if m.bias is not None else 0
-        fp_out = _mode([diffs_fix_pos(outs[i], "half_up", arch) for outs in per_batch])
+        if pin_fp_out and name in pin_fp_out:
+            fp_out = int(pin_fp_out[name])
+        else:
+            fp_out = _mode([diffs_fix_pos(outs[i], "half_up", arch) for outs in per_batch])
         layers.append(LayerSpec(
             name=name, op="conv" if isinstance(m, nn.Conv2d) else "deconv", act=act,
             stride=_single(m.stride, "stride"), padding=_single(m.padding, "padding"),

@@ -10,7 +10,18 @@ pass                          exact  what it does (why the DPU needs it: its doc
 ``fold_batchnorm``            yes    conv -> BatchNorm2d (eval) becomes one conv
 ``deconv_output_padding``     yes    ConvTranspose2d output_padding q -> 0, kernel +q zeros
 ``leaky_relu_slope``          no     LeakyReLU slope -> 26/256
+``gdn_polynomial``            no     GDN/IGDN -> PolyGDN: rsqrt by polynomial + Newton steps
+                                     on the calibrated range of s (needs ``ranges``)
+``gdn_simplified``            no     GDN/IGDN -> simplified GDN x / (beta + gamma|x|):
+                                     a different function, needs fine-tuning
+``instance_norm``             no     InstanceNorm2d -> BatchNorm2d with calibrated statistics
+                                     (then ``fold_batchnorm``)
+``conv5x5_to_3x3``            no     opt-in: a named 5x5 conv -> two 3x3 convs (least squares)
 ============================  =====  ==================================================
+
+The approximate passes that need data take it as constructor arguments (instances, not
+names, in the pass list): ``GdnPolynomial(ranges=gdn_s_ranges(model, tiles))``; the
+registered default instance refuses every site with the reason.
 
 Usage::
 
@@ -20,7 +31,15 @@ Usage::
 
 from __future__ import annotations
 
-from quantize.passes import deconv_output_padding, fold_batchnorm, leaky_relu_slope
+from quantize.passes import (
+    conv5x5_to_3x3,
+    deconv_output_padding,
+    fold_batchnorm,
+    gdn_polynomial,
+    gdn_simplified,
+    instance_norm,
+    leaky_relu_slope,
+)
 from quantize.passes.base import (
     PASSES,
     Pass,
@@ -50,9 +69,13 @@ __all__ = [
     "PassResult",
     "Refusal",
     "Site",
+    "conv5x5_to_3x3",
     "deconv_output_padding",
     "fold_batchnorm",
+    "gdn_polynomial",
+    "gdn_simplified",
     "get_pass",
+    "instance_norm",
     "iter_sites",
     "leaky_relu_slope",
     "max_abs_change",

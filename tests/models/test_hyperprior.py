@@ -24,7 +24,7 @@ def test_forward_shapes_and_likelihoods(tiny, h, w):
     for training in (True, False):
         tiny.train(training)
         out = tiny(x)
-        assert set(out) == {"x_hat", "likelihoods", "t"} and set(out["likelihoods"]) == {"y", "z"}
+        assert set(out) == {"x_hat", "likelihoods", "t", "y"} and set(out["likelihoods"]) == {"y", "z"}
         assert out["x_hat"].shape == x.shape
         assert out["likelihoods"]["y"].shape == (2, 12, h // 16, w // 16)
         assert out["t"].shape == (2, 12, h // 16, w // 16)

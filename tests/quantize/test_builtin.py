@@ -204,3 +204,16 @@ def test_bit_exact_trained_h_a(arch, trained_h_a_input):
     spec = _assert_bit_exact(h_a, ys, arch, ys)
     print("trained h_a SQNR dB:", {ls.name: round(ls.sqnr_db, 2) for ls in spec.layers}, "fp_in", spec.fp_in)
     assert all(ls.sqnr_db > 10 for ls in spec.layers)
+
+
+def test_pinned_output_fix_position_is_kept():
+    from arch import load_arch
+    from quantize.builtin import calibrate
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 1))
+    x = [torch.rand(2, 2, 8, 8) * 4]
+    free = calibrate(net, x, load_arch())
+    pinned = calibrate(net, x, load_arch(), pin_fp_out={"2": free.layers[-1].fp_out - 2})
+    assert pinned.layers[-1].fp_out == free.layers[-1].fp_out - 2
+    assert pinned.layers[0].fp_out == free.layers[0].fp_out
