@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipelines.stages import Context, StageError, board_arch, data_dir, stage
+from pipelines.stages import Context, StageError, board_arch, data_dir, stage, write_json
 
 APP = "app"  # the runtime's folder inside the stage directory (what is deployed)
 
@@ -174,7 +174,43 @@ def run_validate(ctx: Context) -> dict:
         reports[name] = rep
         ok = rep["ok"]
         print(f"validate {name}: {'PASS' if ok else 'FAIL'}; report {out_dir}")
+    latency = _latency_table(ctx, reports)
     failed = [n for n, r in reports.items() if not r["ok"]]
     if failed:
         raise StageError(f"validation failed on {', '.join(failed)} (see {ctx.dir})")
-    return {"model": cfg.model, "images": [p.name for p in images], "boards": reports}
+    return {"model": cfg.model, "images": [p.name for p in images], "boards": reports, "latency": latency}
+
+
+TILES_PER_SLICE = 4  # a 512 x 512 slice is 2 x 2 tiles of 256
+
+
+def _latency_table(ctx: Context, reports: dict) -> dict:
+    """Per quality and network, per 512 x 512 slice: the compile stage's roofline estimate for the DPU and
+    the times measured here (the host emulator) and on each board (its runner), from the metrics."""
+    compiled = json.loads(ctx.need("compile", "report.json").read_text())
+    table: dict = {}
+    lines = [f"  {'net':4s} {'DPU estimate (roofline)':>24s} " + " ".join(f"{'measured ' + k:>22s}"
+                                                                      for k in ["host emulator", *reports])]
+    for qk, comp in compiled["qualities"].items():
+        q = qk[1:]
+        table[qk] = {}
+        for net, ms in comp["roofline_ms"].items():
+            row = {"dpu_estimate_ms": ms * TILES_PER_SLICE}
+            for board, rep in reports.items():
+                lat = rep.get("latency", {}).get(q, {})
+                host = lat.get("host", {}).get("network_ms_per_tile", {}).get(net)
+                on_board = lat.get("board", {}).get("network_ms_per_tile", {}).get(net)
+                row["host_emulator_ms"] = None if host is None else host * TILES_PER_SLICE
+                row[f"{board}_ms"] = None if on_board is None else on_board * TILES_PER_SLICE
+            table[qk][net] = row
+
+            def f(v):
+                return f"{v:22.1f}" if v is not None else f"{'(runs on the CPU side)':>22s}"
+
+            lines.append(f"  {net:4s} {row['dpu_estimate_ms']:24.2f} " + " ".join(
+                f(row.get(k)) for k in ["host_emulator_ms", *[f"{b}_ms" for b in reports]]))
+        print(f"latency per 512x512 slice, {qk} (ms):")
+        print("\n".join(lines))
+        lines = lines[:1]
+    write_json(ctx.dir / "latency.json", table)
+    return table

@@ -36,8 +36,10 @@ def test_help_lists_every_command_and_exits_0():
     assert out.returncode == 0
     for name in names:
         assert name in out.stdout
-        sub = _cli(name, "--help")
-        assert sub.returncode == 0, sub.stderr
+        # in process: one interpreter start per subcommand would cost minutes on a loaded 2-core machine
+        with pytest.raises(SystemExit) as ex:
+            main([name, "--help"])
+        assert ex.value.code == 0, name
 
 
 def test_bad_usage_exits_2():
