@@ -71,7 +71,8 @@ export: $(STAMP) ## build the codec package (.npz) of QUALITY's checkpoint from 
 eval: $(STAMP) ## learned codec vs JPEG 2000 / JPEG-XL on DATA -> build/eval/eval.json + RD plots
 	$(PY) -m pipelines eval $(DATA) --json $(OUT)/eval/eval.json --model $(MODEL) --backend $(BACKEND) --force
 
-STAGE_ARGS = --board $(BOARD) --model $(MODEL) --out $(OUT) $(foreach q,$(QUALITIES),--quality $(q))
+QAT_STEPS ?= 0
+STAGE_ARGS = --board $(BOARD) --model $(MODEL) --out $(OUT) $(foreach q,$(QUALITIES),--quality $(q)) --qat-steps $(QAT_STEPS)
 
 rewrite: $(STAMP) ## DPU rewrites of MODEL's networks + partition report + ONNX -> build/BOARD/MODEL/rewrite
 	$(PY) -m pipelines stage rewrite $(STAGE_ARGS)
@@ -79,7 +80,7 @@ rewrite: $(STAMP) ## DPU rewrites of MODEL's networks + partition report + ONNX 
 calibrate: $(STAMP) ## fix positions of every tensor (builtin DPU quantizer; nndct docker job written)
 	$(PY) -m pipelines stage calibrate $(STAGE_ARGS)
 
-quantize: $(STAMP) ## int8 codec packages + per-layer SQNR report (JSON + HTML)
+quantize: $(STAMP) ## int8 codec packages + per-layer SQNR report (JSON + HTML); QAT_STEPS=600 as the zoo's
 	$(PY) -m pipelines stage quantize $(STAGE_ARGS)
 
 compile: $(STAMP) ## vai_c_xir when present; always the partition report and roofline latency

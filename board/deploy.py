@@ -56,7 +56,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 
 from board.inventory import Board, get_board
 from codec.errors import MedcodecError
-from codec.fileio import check_writable
+from codec.fileio import check_writable, sha256_file
 
 MANIFEST = ".medcodec-release.sha256"
 HISTORY = "HISTORY"
@@ -150,12 +150,6 @@ class Manifest:
         return out
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build_manifest(local_dir) -> Manifest:
@@ -178,7 +172,7 @@ def build_manifest(local_dir) -> Manifest:
             if not path.is_file():
                 raise MedcodecError(f"{path}: not a regular file")
             st = path.stat()
-            files.append((rel, _sha256_file(path), st.st_size, st.st_mode & 0o777))
+            files.append((rel, sha256_file(path), st.st_size, st.st_mode & 0o777))
     if not files:
         raise MedcodecError(f"{root}: nothing to deploy (no files)")
     return Manifest(root, tuple(sorted(files)))
@@ -683,7 +677,7 @@ def fetch(board: Board | str, remote_path: str, local_path, *, force: bool = Fal
         try:
             with s.errors(f"fetching {remote_path}"):
                 s.sftp.get(remote, tmp)
-            got = _sha256_file(Path(tmp))
+            got = sha256_file(Path(tmp))
             if got != want:
                 raise ChecksumError(f"board {board.name}: {remote_path} arrived with sha256 {got[:12]}, "
                                     f"the board has {want[:12]}")

@@ -43,6 +43,7 @@ import jinja2
 from board import app
 from codec.dpunets import DPU_NETWORKS, EmulatorRunner, RunnerNetworks
 from codec.errors import MedcodecError
+from codec.fileio import sha256_file
 from codec.fixednet import FixedNet
 from codec.package import CodecPackage, load_package
 
@@ -128,12 +129,6 @@ def network_entries(pkg: CodecPackage, names: dict | None = None) -> dict[str, d
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _canonical_sha256(doc) -> str:
@@ -268,7 +263,7 @@ def render_runtime(pkg_paths: dict, out_dir, arch: dict, model_name: str, xmodel
                     xrel = f"xmodels/q{q}/{net}.xmodel"
                     (tmp / xrel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(xm[q][net], tmp / xrel)
-                    xsha = _sha256(tmp / xrel)
+                    xsha = sha256_file(tmp / xrel)
                     xmodel_hashes.setdefault(str(q), {})[net] = xsha
                 networks.append({"name": net, **nets[net], "xmodel": xrel, "xmodel_sha256": xsha})
             package_hashes[str(q)] = pkg.sha256
@@ -301,7 +296,7 @@ def render_runtime(pkg_paths: dict, out_dir, arch: dict, model_name: str, xmodel
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         build = {"rendered_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "render_s": round(time.perf_counter() - t0, 3), "python": platform.python_version(),
-                 "files": {f: _sha256(tmp / f) for f in files}}
+                 "files": {f: sha256_file(tmp / f) for f in files}}
         (tmp / BUILD_MANIFEST).write_text(json.dumps(build, indent=1, sort_keys=True) + "\n")
         os.chmod(tmp, 0o755)
         if out_dir.exists():

@@ -49,7 +49,6 @@ Layering: ``compile/`` imports ``arch`` and ``codec`` only here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -61,6 +60,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from codec.errors import MedcodecError
+from codec.fileio import file_digest
 
 __all__ = ["DOCKER_ENV", "CompileError", "CompileResult", "SubgraphCountError", "Toolchain", "ToolchainMissing",
            "compile_argv", "compile_network", "find_toolchain", "parse_compile_log", "parse_subgraph_tree",
@@ -361,12 +361,6 @@ class CompileResult:
         return self.summary["dpu_subgraphs"]
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _run(run: Runner, argv: list[str], timeout: float | None) -> subprocess.CompletedProcess:
@@ -424,7 +418,7 @@ def compile_network(xmodel, arch_json, out_dir, net_name: str, *, toolchain: Too
             tree_note = f"'{XIR} subgraph' exited with status {sub.returncode}"
 
     summary = parse_compile_log((proc.stdout or "") + "\n" + tree_text)
-    md5 = _md5(compiled)
+    md5 = file_digest(compiled, "md5")
     recorded = re.findall(r"[0-9a-fA-F]{32}", (out / MD5_NAME).read_text())
     try:
         meta = json.loads((out / META_NAME).read_text())
@@ -432,7 +426,7 @@ def compile_network(xmodel, arch_json, out_dir, net_name: str, *, toolchain: Too
         raise CompileError(f"{net_name}: {out / META_NAME} is not JSON ({exc.msg})") from None
     report = {
         "net_name": net_name,
-        "input_xmodel": {"path": str(xmodel), "md5": _md5(xmodel), "bytes": xmodel.stat().st_size},
+        "input_xmodel": {"path": str(xmodel), "md5": file_digest(xmodel, "md5"), "bytes": xmodel.stat().st_size},
         "arch_json": {"path": str(arch_json), "content": arch_doc},
         "toolchain": tc.to_dict(),
         "command": argv,

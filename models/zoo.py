@@ -10,13 +10,13 @@ Zoo keys equal registry keys (``models/registry.py``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
 from codec.errors import MedcodecError
+from codec.fileio import sha256_file
 from models import registry
 
 __all__ = ["WEIGHTS_DIR", "ZOO", "ZooError", "checkpoint_path", "int8_package_path", "load_int8_package", "load_model",
@@ -62,12 +62,6 @@ def checkpoint_path(name: str, quality: int, weights_dir=None) -> Path:
     return Path(weights_dir or WEIGHTS_DIR) / entry(name, quality)["checkpoint"]
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_checkpoint(path, sha256: str | None) -> Path:

@@ -28,6 +28,7 @@ COMMANDS = (
     "pipelines.bench",
     "pipelines.board_cmd",
     "pipelines.stage_cmd",
+    "pipelines.qat_cmd",
 )
 
 

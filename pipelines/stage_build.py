@@ -167,6 +167,24 @@ def _docker_job(ctx, q, model, tiles, arch) -> dict:
     return jobs
 
 
+def _qat(cfg, q, model, specs, specs_path):
+    """Quantization-aware fine-tuning (``quantize/qat.py``) on the training split of the data."""
+    from models import zoo
+    from models.data import CropSampler, list_files, load_images, split_files
+    from quantize.qat import finetune
+
+    root = data_dir(cfg)
+    train, _ = split_files(list_files(root))
+    if not train:
+        raise StageError(f"{root}: no training images for quantization-aware fine-tuning")
+    torch.set_num_threads(1)
+    sampler = CropSampler(load_images(root, train), 128, seed=200 + q)
+    dep = finetune(model, specs, sampler, lmbda=zoo.entry(cfg.model, q)["lambda"], steps=cfg.qat_steps,
+                   seed=100 + q, log=lambda s: print(f"  qat q{q}: {s}", flush=True))
+    return dep, {"steps": cfg.qat_steps, "lr": 3e-5, "batch": 8, "crop": 128, "seed": 100 + q,
+                 "specs_sha256": zoo.sha256_file(specs_path)}
+
+
 @stage("quantize")
 def run_quantize(ctx: Context) -> dict:
     from models import zoo
@@ -181,9 +199,11 @@ def run_quantize(ctx: Context) -> dict:
         specs = {n: QuantSpec.from_dict(d) for n, d in json.loads(specs_path.read_text()).items()}
         model = _model(cfg, q)
         weights = zoo.checkpoint_path(cfg.model, q)
+        extra = {"lambda": zoo.entry(cfg.model, q)["lambda"]}
+        if cfg.qat_steps:
+            model, extra["qat"] = _qat(cfg, q, model, specs, specs_path)
         pkg, rep = build_int8_package(model, specs, check, name=cfg.model, quality=q, tile=cfg.tile,
-                                      weights_sha256=zoo.sha256_file(weights),
-                                      extra_meta={"lambda": zoo.entry(cfg.model, q)["lambda"]})
+                                      weights_sha256=zoo.sha256_file(weights), extra_meta=extra)
         data = pkg.to_bytes()
         path = ctx.dir / f"q{q}.int8.npz"
         path.write_bytes(data)

@@ -25,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="build", help="build root (default build)")
     p.add_argument("--calib-tiles", type=int, default=32, help="calibration tiles (default 32)")
     p.add_argument("--quantizer", choices=("auto", "builtin", "nndct"), default="auto")
+    p.add_argument("--qat-steps", type=int, default=0,
+                   help="quantize: quantization-aware fine-tuning steps per quality (default 0; the zoo used 600)")
     p.add_argument("--validate-limit", type=int, default=0, help="validate at most N images (default all)")
     p.set_defaults(func=run)
 
@@ -33,6 +35,6 @@ def run(args) -> int:
     cfg = StageConfig(board=args.board, model=args.model,
                       qualities=tuple(sorted(set(args.quality))) if args.quality else (1, 2, 3, 4),
                       data=args.data, out=args.out, calib_tiles=args.calib_tiles, quantizer=args.quantizer,
-                      validate_limit=args.validate_limit)
+                      validate_limit=args.validate_limit, qat_steps=args.qat_steps)
     run_stage(args.name, cfg)
     return 0

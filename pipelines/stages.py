@@ -16,7 +16,6 @@ A stage whose inputs are missing says which stage makes them (one line, exit 1).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import platform
 import time
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codec.errors import MedcodecError
-from codec.fileio import atomic_write
+from codec.fileio import atomic_write, sha256_file
 
 __all__ = ["STAGES", "StageConfig", "StageError", "run_stage", "stage_dir"]
 
@@ -54,6 +53,9 @@ class StageConfig:
     """Calibration tiles (256 x 256, seeded crops of the training split)."""
     quantizer: str = "auto"
     """``nndct`` (Vitis AI, when importable), ``builtin`` (ours), or ``auto`` (nndct if importable)."""
+    qat_steps: int = 0
+    """Quantize: quantization-aware fine-tuning steps per quality (0 = post-training int8 only; the committed
+    packages used 600, on the training images of ``../shared/data``)."""
     tile: int = 256
     """The fixed tile side every network is compiled for."""
     validate_limit: int = 0
@@ -86,12 +88,6 @@ def board_arch(board: str) -> Path:
     return arch_of(board)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _tool_versions() -> dict:
