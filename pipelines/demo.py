@@ -76,6 +76,18 @@ def learned_vs_j2k(path: Path, out: Path, quality: int) -> dict:
             "j2k_bpp": res.bpp, "j2k_psnr": j["psnr_bits"], "j2k_ms_ssim": j["ms_ssim"]}
 
 
+def _zoo_int8(path: Path, out: Path, quality: int) -> dict:
+    """The committed (QAT) int8 package on one image, through a real .mdc file, on the host emulator."""
+    from pipelines.compress import compress_file, decompress_file
+
+    img = read_dicom(path)
+    mdc = out / f"{path.stem}.q{quality}.int8.mdc"
+    compress_file(path, mdc, "dpu-hyperprior", quality, force=True, backend="int8")
+    dec = decompress_file(mdc, None, force=True)
+    m = metrics.image_metrics(img.pixels, dec["pixels"], img.bits_stored)
+    return {"bpp": metrics.file_bpp(mdc, img.rows, img.cols, img.frames), **m}
+
+
 def dpu_pipeline(files: list[Path], out: Path, args) -> dict:
     """Section 4: the stages on the int8 codec, the virtual board when sshd exists, figures vs JPEG 2000."""
     import subprocess
@@ -115,9 +127,11 @@ def dpu_pipeline(files: list[Path], out: Path, args) -> dict:
         where = "by the board app run locally (integer DPU emulator)"
     doc = json.loads(metrics_path.read_text())
     by_name = {f.name: f for f in files}
-    print(f"  int8 codec {where}:")
+    print(f"  int8 codec (post-training int8 calibrated just now on the samples) {where};")
+    print("  right: the zoo's int8 package of the same quality (quantization-aware fine-tuned, "
+          "models/weights/README.md) on the host emulator, and JPEG 2000 at the int8 codec's bpp:")
     print(f"  {'image':34s} {'bpp':>6} {'PSNR':>7} {'range':>6} {'MS-SSIM':>8} {'enc s':>6} {'dec s':>6} |"
-          f" {'J2K bpp':>7} {'PSNR':>7} {'range':>6}")
+          f" {'zoo bpp':>7} {'range':>6} | {'J2K bpp':>7} {'PSNR':>7} {'range':>6}")
     for res in doc["results"]:
         name = res["image"].split("_", 1)[1] if res["image"][:3].isdigit() else res["image"]
         src = by_name.get(name) or by_name.get(res["image"])
@@ -128,8 +142,10 @@ def dpu_pipeline(files: list[Path], out: Path, args) -> dict:
             enc = classical.encode_at_bpp(codec, img.pixels, res["bpp"], bits_stored=img.bits_stored, signed=img.signed)
             j = {"bpp": enc.bpp, **metrics.image_metrics(img.pixels, classical.decode_image(codec, enc.encoded),
                                                           img.bits_stored)}
+        zoo = _zoo_int8(src, out, q) if src is not None else None
         print(f"  {name:34s} {res['bpp']:6.3f} {_f(res['psnr_bits'], '7.2f')} {_f(res['psnr_range'], '6.2f')} "
               f"{_f(res['ms_ssim'], '8.5f')} {res['encode_s']:6.2f} {res['decode_s']:6.2f} | "
+              + (f"{zoo['bpp']:7.3f} {_f(zoo['psnr_range'], '6.2f')} | " if zoo else "- | ")
               + (f"{j['bpp']:7.3f} {_f(j['psnr_bits'], '7.2f')} {_f(j['psnr_range'], '6.2f')}" if j else "-"))
     print("  (PSNR at native depth and over the image's own range; the network time is the integer emulator's "
           "on this CPU: see the compile report's roofline for the Ultra96 DPU estimate)")
