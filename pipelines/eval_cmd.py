@@ -109,9 +109,16 @@ def _curve(points, key="psnr_bits"):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+#: BD-rate integrates over the PSNR interval both curves cover; over less than this (dB) the cubic fits
+#: extrapolate wildly (flat curves gave +1e64 %), so the BD-rate is reported as undefined
+MIN_BD_OVERLAP_DB = 1.0
+
+
 def _bd(anchor, test, key="psnr_bits"):
     ra, da = _curve(anchor, key)
     rt, dt = _curve(test, key)
+    if len(da) < 2 or len(dt) < 2 or min(max(da), max(dt)) - max(min(da), min(dt)) < MIN_BD_OVERLAP_DB:
+        return None
     try:
         return metrics.bd_rate(ra, da, rt, dt)
     except ValueError:
@@ -175,6 +182,11 @@ def aggregate(records: list[dict]) -> dict:
                 # the cost of this backend against the first one (e.g. int8 vs float), on the same images
                 f"bd_rate_vs_{backends[0]}": _bd(learned, curve),
                 f"bd_rate_vs_{backends[0]}_range": _bd(learned, curve, "psnr_range"),
+                # the same rate points side by side (defined even where BD-rate is not)
+                f"delta_psnr_range_vs_{backends[0]}": [
+                    None if a.get("psnr_range") is None or b.get("psnr_range") is None
+                    else b["psnr_range"] - a["psnr_range"] for a, b in zip(learned, curve, strict=False)],
+                f"bpp_ratio_vs_{backends[0]}": [b["bpp"] / a["bpp"] for a, b in zip(learned, curve, strict=False)],
                 "delta_psnr_vs_j2k_same_bpp": float(np.mean(
                     [a["psnr_bits"] - c["psnr_bits"] for a, c in zip(curve, agg["classical"]["j2k-lossy"]["curve"],
                                                                         strict=False)
@@ -240,7 +252,7 @@ def format_table(aggregates: dict) -> str:
                      f"{f(j['delta_psnr_same_bpp'], '+.2f'):>12}  {f(x['delta_psnr_same_bpp'], '+.2f'):>5}  "
                      f"{f(enc)}  {f(dec)}  ({f(jenc, '.3f')}/{f(jdec, '.3f')})")
     lines.append("PSNR in dB at native depth (peak 2^BitsStored-1), interpolated on the mean curve ('-': outside "
-                 "it); dPSNR = learned minus classical at the same bpp; BD-rate needs overlapping PSNR ranges.")
+                 "it); dPSNR = learned minus classical at the same bpp; BD-rate needs >= 1 dB of overlapping PSNR.")
     return "\n".join(lines)
 
 

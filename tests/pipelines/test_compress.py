@@ -256,3 +256,23 @@ def test_multiframe_dicom_round_trip(tiny_zoo, tmp_path):
     back = read_dicom(out)
     assert back.pixels.shape == (3, 70, 90) and back.pixels.dtype == np.int16 and back.frames == 3
     assert int(pydicom.dcmread(out).NumberOfFrames) == 3
+
+
+def test_eval_reports_every_backend_on_the_same_images(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(next(p for p in sample_files() if "mr_" in p.name), data)
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(data), "--json", str(out), "--model", "dpu-hyperprior", "--qualities", "1,2",
+                 "--backend", "float,rewritten,int8", "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    rec = result["images"][0]
+    assert set(rec["backends"]) == {"float", "rewritten", "int8"}
+    f, r, i = (rec["backends"][b] for b in ("float", "rewritten", "int8"))
+    # the rewrites are exact: the same bytes up to float rounding of the networks
+    assert abs(f[0]["bpp"] - r[0]["bpp"]) < 0.01 and abs(f[0]["psnr_range"] - r[0]["psnr_range"]) < 0.05
+    assert i[0]["bytes"] > 0 and i[0]["bpp"] != f[0]["bpp"]  # int8 is a different codec
+    agg = result["aggregates"]["MR"]["backends"]["int8"]
+    assert len(agg["delta_psnr_range_vs_float"]) == 2 and len(agg["bpp_ratio_vs_float"]) == 2
+    assert "rewritten" in capsys.readouterr().out
+    assert main(["eval", str(data), "--json", str(out), "--backend", "float,bogus", "--force"]) == 1
