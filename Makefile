@@ -72,7 +72,10 @@ eval: $(STAMP) ## learned codec vs JPEG 2000 / JPEG-XL on DATA -> build/eval/eva
 	$(PY) -m pipelines eval $(DATA) --json $(OUT)/eval/eval.json --model $(MODEL) --backend $(BACKEND) --force
 
 QAT_STEPS ?= 0
-STAGE_ARGS = --board $(BOARD) --model $(MODEL) --out $(OUT) $(foreach q,$(QUALITIES),--quality $(q)) --qat-steps $(QAT_STEPS)
+CALIB_TILES ?= 32
+VALIDATE_LIMIT ?= 0
+STAGE_ARGS = --board $(BOARD) --model $(MODEL) --out $(OUT) $(foreach q,$(QUALITIES),--quality $(q)) \
+             --qat-steps $(QAT_STEPS) --calib-tiles $(CALIB_TILES) --validate-limit $(VALIDATE_LIMIT)
 
 rewrite: $(STAMP) ## DPU rewrites of MODEL's networks + partition report + ONNX -> build/BOARD/MODEL/rewrite
 	$(PY) -m pipelines stage rewrite $(STAGE_ARGS)

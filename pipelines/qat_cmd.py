@@ -45,7 +45,7 @@ def run(args) -> int:
     from pipelines.export import calibration_tiles
     from quantize.builtin import QuantSpec
     from quantize.codec_int8 import build_int8_package
-    from quantize.qat import finetune
+    from quantize.qat import finetune, fix_positions_sha256
 
     q = args.quality
     seed = 100 + q if args.seed is None else args.seed
@@ -72,7 +72,7 @@ def run(args) -> int:
         dep, specs, calibration_tiles(data)[:2], name=args.model, quality=q, tile=256,
         weights_sha256=zoo.sha256_file(weights),
         extra_meta={"lambda": lmbda, "qat": {"steps": args.steps, "lr": args.lr, "batch": 8, "crop": 128,
-                                             "seed": seed, "specs_sha256": zoo.sha256_file(specs_path)}})
+                                             "seed": seed, "fix_positions_sha256": fix_positions_sha256(specs)}})
     bad = [n for n, r in rep["networks"].items() if not r["emulator_equals_fakequant"]]
     if bad:
         raise MedcodecError(f"the emulator and the fake-quant model disagree on {bad}")

@@ -167,11 +167,11 @@ def _docker_job(ctx, q, model, tiles, arch) -> dict:
     return jobs
 
 
-def _qat(cfg, q, model, specs, specs_path):
+def _qat(cfg, q, model, specs):
     """Quantization-aware fine-tuning (``quantize/qat.py``) on the training split of the data."""
     from models import zoo
     from models.data import CropSampler, list_files, load_images, split_files
-    from quantize.qat import finetune
+    from quantize.qat import finetune, fix_positions_sha256
 
     root = data_dir(cfg)
     train, _ = split_files(list_files(root))
@@ -182,7 +182,7 @@ def _qat(cfg, q, model, specs, specs_path):
     dep = finetune(model, specs, sampler, lmbda=zoo.entry(cfg.model, q)["lambda"], steps=cfg.qat_steps,
                    seed=100 + q, log=lambda s: print(f"  qat q{q}: {s}", flush=True))
     return dep, {"steps": cfg.qat_steps, "lr": 3e-5, "batch": 8, "crop": 128, "seed": 100 + q,
-                 "specs_sha256": zoo.sha256_file(specs_path)}
+                 "fix_positions_sha256": fix_positions_sha256(specs)}
 
 
 @stage("quantize")
@@ -201,7 +201,7 @@ def run_quantize(ctx: Context) -> dict:
         weights = zoo.checkpoint_path(cfg.model, q)
         extra = {"lambda": zoo.entry(cfg.model, q)["lambda"]}
         if cfg.qat_steps:
-            model, extra["qat"] = _qat(cfg, q, model, specs, specs_path)
+            model, extra["qat"] = _qat(cfg, q, model, specs)
         pkg, rep = build_int8_package(model, specs, check, name=cfg.model, quality=q, tile=cfg.tile,
                                       weights_sha256=zoo.sha256_file(weights), extra_meta=extra)
         data = pkg.to_bytes()

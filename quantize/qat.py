@@ -25,7 +25,18 @@ from torch.nn import functional as F
 
 from quantize.builtin import LEAKY_SLOPE, QuantSpec, parse_chain
 
-__all__ = ["QATChain", "deployable", "fake_quant", "finetune", "qat_model"]
+__all__ = ["QATChain", "deployable", "fake_quant", "finetune", "fix_positions_sha256", "qat_model"]
+
+
+def fix_positions_sha256(specs: dict[str, QuantSpec]) -> str:
+    """A digest of the fix positions alone (not the measured SQNR floats, which vary with thread count):
+    what a QAT run depends on, recorded in the package's meta."""
+    import hashlib
+    import json
+
+    doc = {n: {"fp_in": s.fp_in, "layers": [[ls.name, ls.fp_w, ls.fp_b, ls.fp_out] for ls in s.layers]}
+           for n, s in sorted(specs.items())}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def fake_quant(x: Tensor, fp: int, lo: int = -128, hi: int = 127) -> Tensor:
