@@ -40,7 +40,7 @@ from codec.dicom import read_dicom
 from codec.errors import MedcodecError
 from codec.fileio import atomic_write, check_writable
 from pipelines import classical
-from pipelines.baseline import GROUPS, _json_safe, modality_group
+from pipelines.baseline import GROUPS, _json_safe, _mean, modality_group
 from pipelines.paths import dicom_inputs
 
 LEVELS = (1, 2, 4)
@@ -178,11 +178,6 @@ def evaluate_file(path: str, rel: str, qualities, levels, with_classical: bool) 
 
 
 # --------------------------------------------------------------------------- aggregation
-
-
-def _mean(xs):
-    xs = [x for x in xs if x is not None]
-    return float(np.mean(xs)) if xs else None
 
 
 def _get(rec, *keys):

@@ -66,7 +66,7 @@ from torch import Tensor, nn
 
 from models.layers import GDN, SimplifiedGDN
 from quantize.passes.base import Pass, Site, register_pass
-from quantize.passes.polyfit import ChannelRange, PowerFit, fit_power, observe_ranges
+from quantize.passes.polyfit import ChannelRange, PowerFit, fit_power, observe_ranges, run_hooked
 
 __all__ = ["MAPPINGS", "GdnSimplified", "SimplifiedCalibration", "simplified_calibration", "simplified_d",
            "simplified_params", "simplified_reference"]
@@ -144,16 +144,7 @@ def simplified_calibration(module: nn.Module, batches: Iterable[Tensor], *, mapp
         return record
 
     layers = {name: m for name, m in module.named_modules() if isinstance(m, GDN)}
-    handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
-    try:
-        for batch in batches:
-            if run is None:
-                module(batch)
-            else:
-                run(module, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(module, batches, layers, hook, run)
     kappas: dict[int, Tensor] = {}
     out_kappa: dict[str, tuple[Tensor, float, float]] = {}
     for path, (sab, saa, sbb, syy) in acc.items():

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from quantize.passes.base import Pass, Site, register_pass
+from quantize.passes.polyfit import run_hooked
 
 __all__ = ["InstanceNormToBatchNorm", "NormStats", "instance_norm_stats", "to_batchnorm"]
 
@@ -84,17 +85,8 @@ def instance_norm_stats(module: nn.Module, batches: Iterable[Tensor], *, run: Ca
             a[3] += x.shape[0]
         return record
 
-    handles = [m.register_forward_hook(hook(name)) for name, m in module.named_modules()
-               if isinstance(m, nn.InstanceNorm2d)]
-    try:
-        for batch in batches:
-            if run is None:
-                module(batch)
-            else:
-                run(module, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(module, batches, {n: m for n, m in module.named_modules() if isinstance(m, nn.InstanceNorm2d)},
+               hook, run)
     out = {}
     for path, (s1, s2, n, images) in acc.items():
         mean = s1 / n

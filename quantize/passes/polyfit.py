@@ -74,6 +74,22 @@ class ChannelRange:
                 "quantiles": list(self.quantiles), "channels": int(self.lo.numel())}
 
 
+def run_hooked(module: nn.Module, batches: Iterable[Tensor], hooked: Mapping[str, nn.Module],
+               make_hook: Callable[[str], Callable], run: Callable[[nn.Module, Tensor], object] | None = None) -> None:
+    """Feed ``batches`` through ``module`` (or ``run(module, batch)``) with ``make_hook(name)`` as a forward
+    hook on each of ``hooked``; the hooks are removed however the run ends."""
+    handles = [m.register_forward_hook(make_hook(name)) for name, m in hooked.items()]
+    try:
+        for batch in batches:
+            if run is None:
+                module(batch)
+            else:
+                run(module, batch)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def under(ranges: Mapping[str, T], prefix: str) -> dict[str, T]:
     """The entries below ``prefix`` with the prefix cut: ``under(r, "g_a")["gdn0"] is r["g_a.gdn0"]``
     (for any table keyed by module path: ranges, calibrations)."""
@@ -116,17 +132,7 @@ def observe_ranges(module: nn.Module, batches: Iterable[Tensor], quantity: Calla
                 st["samples"].append(v)
         return record
 
-    handles = [m.register_forward_hook(hook(name)) for name, m in module.named_modules()
-               if isinstance(m, types)]
-    try:
-        for batch in batches:
-            if run is None:
-                module(batch)
-            else:
-                run(module, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(module, batches, {n: m for n, m in module.named_modules() if isinstance(m, types)}, hook, run)
     out = {}
     for path, st in stats.items():
         lo, hi = st["min"], st["max"]
