@@ -107,11 +107,18 @@ def dpu_pipeline(files: list[Path], out: Path, args) -> dict:
         run_stage(name, cfg)
         print(f"   ({time.perf_counter() - t0:.1f} s)")
     if on_board:
-        for name in ("deploy", "validate"):
-            t0 = time.perf_counter()
-            print(f"-- {name} (virtual board: OpenSSH's sshd on 127.0.0.1)", flush=True)
-            run_stage(name, cfg)
-            print(f"   ({time.perf_counter() - t0:.1f} s)")
+        from board import inventory
+
+        was_up = sim.status(inventory.sim_dir("sim")) is not None
+        try:
+            for name in ("deploy", "validate"):
+                t0 = time.perf_counter()
+                print(f"-- {name} (virtual board: OpenSSH's sshd on 127.0.0.1)", flush=True)
+                run_stage(name, cfg)
+                print(f"   ({time.perf_counter() - t0:.1f} s)")
+        finally:
+            if not was_up:  # leave no server behind that the user did not start (make board-sim-up keeps one)
+                sim.down(inventory.sim_dir("sim"))
         metrics_path = stage_dir(cfg, "validate") / "board_metrics.sim.json"
         where = "on the virtual board (over SSH, integer DPU emulator), bitstreams identical to the host's"
     else:
