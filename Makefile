@@ -21,7 +21,7 @@ DATA   ?= ../shared/data
 OUT    ?= build
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-all lint demo bench baseline clean distclean \
+.PHONY: help setup test test-all lint demo bench baseline residual-eval clean distclean \
         train export eval rewrite calibrate quantize compile runtime deploy validate \
         board-sim-up board-sim-down deploy-dir rollback
 
@@ -70,6 +70,9 @@ export: $(STAMP) ## build the codec package (.npz) of QUALITY's checkpoint from 
 
 eval: $(STAMP) ## learned codec vs JPEG 2000 / JPEG-XL on DATA -> build/eval/eval.json + RD plots
 	$(PY) -m pipelines eval $(DATA) --json $(OUT)/eval/eval.json --model $(MODEL) --backend $(BACKEND) --force
+
+residual-eval: $(STAMP) ## residual layer (lossless / near-lossless) vs JPEG-LS, J2K, JPEG-XL on DATA -> build/residual/residual.json
+	$(PY) -m pipelines residual-eval $(DATA) --json $(OUT)/residual/residual.json --quality 2 --quality 3 --force
 
 QAT_STEPS ?= 0
 CALIB_TILES ?= 32
