@@ -109,7 +109,9 @@ def load_int8_package(name: str = "dpu-hyperprior", quality: int = 1, weights_di
     h = hashes(name, quality, weights_dir)
     path = int8_package_path(name, quality, weights_dir)
     if not h.get("int8_package_sha256"):
-        raise ZooError(f"{path.name}: no int8 package recorded for {name} q{quality} (run `make quantize`)")
+        hint = "run `make calibrate quantize QAT_STEPS=600`" if name == "dpu-hyperprior" else \
+            "int8 packages exist for dpu-hyperprior (GDN is not a DPU operator: see `make rewrite MODEL=" + name + "`)"
+        raise ZooError(f"{path.name}: no int8 package recorded for {name} q{quality}; {hint}")
     try:
         return load_package(path, h["int8_package_sha256"])
     except PackageError as exc:
