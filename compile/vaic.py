@@ -61,6 +61,7 @@ from pathlib import Path
 
 from codec.errors import MedcodecError
 from codec.fileio import file_digest
+from quantize.nndct import DOCKER_ENV  # one Vitis AI image variable for the quantizer job and the compiler
 
 __all__ = ["DOCKER_ENV", "CompileError", "CompileResult", "SubgraphCountError", "Toolchain", "ToolchainMissing",
            "compile_argv", "compile_network", "find_toolchain", "parse_compile_log", "parse_subgraph_tree",
@@ -70,7 +71,6 @@ VAI_C_XIR = "vai_c_xir"
 XIR = "xir"
 DOCKER = "docker"
 #: An environment variable naming a Vitis AI docker image that has vai_c_xir.
-DOCKER_ENV = "MEDCODEC_VITIS_DOCKER"
 #: The shell prefix that makes the compiler reachable inside the Vitis AI docker.
 CONDA_SETUP = "source /opt/vitis_ai/conda/etc/profile.d/conda.sh && conda activate vitis-ai-pytorch"
 #: Mount points inside the container.

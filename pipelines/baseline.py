@@ -258,19 +258,21 @@ def _mean(values):
     return float(np.mean(vals)) if vals else None
 
 
-def aggregate(records: list[dict]) -> dict:
-    """Per-group (and ``ALL``) means: lossless bpp per codec, near-lossless bpp
-    per NEAR, lossy bpp / PSNR / SSIM / MS-SSIM per codec and target."""
+def by_group(records: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The records per modality group in ``GROUPS`` order, then ``ALL``; empty groups left out."""
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(r["group"], []).append(r)
     if records:
         groups["ALL"] = list(records)
+    return [(g, groups[g]) for g in [*GROUPS, "ALL"] if groups.get(g)]
+
+
+def aggregate(records: list[dict]) -> dict:
+    """Per-group (and ``ALL``) means: lossless bpp per codec, near-lossless bpp
+    per NEAR, lossy bpp / PSNR / SSIM / MS-SSIM per codec and target."""
     out = {}
-    for g in [*GROUPS, "ALL"]:
-        recs = groups.get(g)
-        if not recs:
-            continue
+    for g, recs in by_group(records):
         agg: dict = {"images": len(recs),
                      "modalities": sorted({r["modality"] for r in recs}),
                      "pixels": int(sum(r["rows"] * r["cols"] * r["frames"] for r in recs)),

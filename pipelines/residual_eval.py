@@ -40,7 +40,7 @@ from codec.dicom import read_dicom
 from codec.errors import MedcodecError
 from codec.fileio import atomic_write, check_writable
 from pipelines import classical
-from pipelines.baseline import GROUPS, _json_safe, _mean, modality_group
+from pipelines.baseline import GROUPS, _json_safe, _mean, by_group, modality_group
 from pipelines.paths import dicom_inputs
 
 LEVELS = (1, 2, 4)
@@ -198,16 +198,8 @@ def methods(records: list[dict]) -> list[tuple[str, tuple]]:
 
 def aggregate(records: list[dict], levels=LEVELS) -> dict:
     """Per group (and ALL): mean bpp and seconds per image of every method and bound."""
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        groups.setdefault(r["group"], []).append(r)
-    if records:
-        groups["ALL"] = list(records)
     out = {}
-    for g in [*GROUPS, "ALL"]:
-        recs = groups.get(g)
-        if not recs:
-            continue
+    for g, recs in by_group(records):
         mpix = [r["rows"] * r["cols"] * r["frames"] / 1e6 for r in recs]
         agg: dict = {"images": len(recs), "megapixels": float(sum(mpix)), "methods": {}, "classical": {}}
         for label, path in methods(records):

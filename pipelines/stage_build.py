@@ -12,10 +12,10 @@ quantize   the int8 codec package (``codec/package.py``) per quality, with the p
 from __future__ import annotations
 
 import json
-import shutil
 
 import torch
 
+from codec.fileio import atomic_write
 from pipelines.stages import Context, StageError, board_arch, data_dir, stage, stage_dir, write_json
 
 
@@ -126,16 +126,18 @@ def _quantizer(cfg) -> str:
 @stage("calibrate")
 def run_calibrate(ctx: Context) -> dict:
     from arch import load_arch
-    from quantize.codec_int8 import calibrate_codec, dpu_networks
+    from quantize.codec_int8 import calibrate_codec
 
     cfg, out = ctx.cfg, {}
     backend = _quantizer(cfg)
     arch = load_arch(str(board_arch(cfg.board)))
     tiles = _tiles(cfg, cfg.calib_tiles)
     if backend == "nndct":  # pragma: no cover - needs the Vitis AI docker
-        raise StageError("the nndct backend runs from the docker job (quantize/nndct.py); not wired into this stage")
-    print(f"calibrate: builtin DPU quantizer (pytorch_nndct is not importable here); {tiles.shape[0]} tiles "
-          f"from {data_dir(cfg)}")
+        print(f"calibrate: Vitis AI's nndct quantizer (xmodels for vai_c_xir) and the builtin one (the emulator "
+              f"package); {tiles.shape[0]} tiles from {data_dir(cfg)}")
+    else:
+        print(f"calibrate: builtin DPU quantizer (pytorch_nndct is not importable here); {tiles.shape[0]} tiles "
+              f"from {data_dir(cfg)}")
     for q in cfg.qualities:
         ctx.need("rewrite", "report.json")
         model = _model(cfg, q)
@@ -145,9 +147,10 @@ def run_calibrate(ctx: Context) -> dict:
         # the same job for the real quantizer, to run inside the Vitis AI 2.5 docker
         job = _docker_job(ctx, q, model, tiles, arch)
         out[f"q{q}"] = {"networks": rep["networks"], "wall_s": rep["wall_s"], "nndct_job": job}
+        if backend == "nndct":  # pragma: no cover - needs the Vitis AI docker
+            out[f"q{q}"]["nndct"] = _nndct_in_process(ctx, q, model, tiles, arch)
         worst = min((ls["sqnr_db"], n, ls["name"]) for n, s in rep["networks"].items() for ls in s["layers"])
         print(f"  q{q}: worst layer SQNR {worst[0]:.1f} dB ({worst[1]}.{worst[2]}), {rep['wall_s']:.0f} s")
-    del dpu_networks
     return {"model": cfg.model, "quantizer": backend, "calibration_tiles": int(tiles.shape[0]),
             "data": str(data_dir(cfg)), "qualities": out}
 
@@ -185,6 +188,24 @@ def _qat(cfg, q, model, specs):
                  "fix_positions_sha256": fix_positions_sha256(specs)}
 
 
+def _nndct_in_process(ctx, q, model, tiles, arch) -> dict:  # pragma: no cover - needs the Vitis AI docker
+    """Run vai_q_pytorch here (inside the Vitis AI docker): each network's xmodel lands where the docker job
+    would write it, ``nndct/q<Q>/<net>/quantize_result/<net>_int.xmodel``, which ``make compile`` reads. The
+    emulator package keeps the builtin fix positions; the runtime's VART runner checks the xmodel's tensor
+    fix points against them at load and refuses a mismatch."""
+    from quantize.codec_int8 import calibration_batches, dpu_networks
+    from quantize.nndct import RESULT_DIR, quantize_nndct
+
+    nets, _ = dpu_networks(model)
+    batches = calibration_batches(model, tiles)
+    res = {}
+    for n, net in nets.items():
+        r = quantize_nndct(net, [b.float() for b in batches[n]], ctx.dir / "nndct" / f"q{q}" / n / RESULT_DIR,
+                           arch["dpu"]["fingerprint"], net_name=n)
+        res[n] = r.to_dict()
+    return res
+
+
 @stage("quantize")
 def run_quantize(ctx: Context) -> dict:
     from models import zoo
@@ -206,7 +227,7 @@ def run_quantize(ctx: Context) -> dict:
                                       weights_sha256=zoo.sha256_file(weights), extra_meta=extra)
         data = pkg.to_bytes()
         path = ctx.dir / f"q{q}.int8.npz"
-        path.write_bytes(data)
+        atomic_write(path, data, force=True)
         import hashlib
 
         sha = hashlib.sha256(data).hexdigest()
@@ -229,6 +250,7 @@ def run_compile(ctx: Context) -> dict:
     from arch import load_arch
     from compile import roofline, vaic
     from quantize.codec_int8 import DPU_ORDER, dpu_networks
+    from quantize.nndct import RESULT_DIR
 
     cfg, out = ctx.cfg, {}
     arch = load_arch(str(board_arch(cfg.board)))
@@ -239,7 +261,7 @@ def run_compile(ctx: Context) -> dict:
               "and a roofline latency estimate")
     for q in cfg.qualities:
         pkg = ctx.need("quantize", f"q{q}.int8.npz")
-        shutil.copyfile(pkg, ctx.dir / f"q{q}.int8.npz")
+        atomic_write(ctx.dir / f"q{q}.int8.npz", pkg.read_bytes(), force=True)
         model = _model(cfg, q)
         nets, _ = dpu_networks(model)
         t = cfg.tile
@@ -251,7 +273,7 @@ def run_compile(ctx: Context) -> dict:
             arch_json = vaic.write_arch_json(arch, ctx.dir / "arch.json")
             compiled = {}
             for n in DPU_ORDER:
-                xq = stage_dir(cfg, "calibrate") / "nndct" / f"q{q}" / n / "quantize_result" / f"{n}_int.xmodel"
+                xq = stage_dir(cfg, "calibrate") / "nndct" / f"q{q}" / n / RESULT_DIR / f"{n}_int.xmodel"
                 if not xq.is_file():
                     raise StageError(f"{xq} missing: run the calibrate stage's nndct job (its run.sh) in the "
                                      "Vitis AI docker first")

@@ -152,9 +152,6 @@ def test_arch_json_refusals(tmp_path):
 
 
 def test_find_toolchain():
-    from quantize.nndct import DOCKER_ENV as NNDCT_DOCKER_ENV
-
-    assert NNDCT_DOCKER_ENV == DOCKER_ENV  # one variable names the Vitis AI image for both adapters
     paths = {"vai_c_xir": "/x/bin/vai_c_xir", "xir": "/x/bin/xir", "docker": "/usr/bin/docker"}
     assert find_toolchain({}, lambda n: paths.get(n)) == Toolchain("local", "/x/bin/vai_c_xir", xir="/x/bin/xir")
     no_vai = {"docker": "/usr/bin/docker"}
