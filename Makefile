@@ -21,7 +21,7 @@ DATA   ?= ../shared/data
 OUT    ?= build
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-all lint demo bench baseline residual-eval clean distclean \
+.PHONY: help setup test test-all lint demo bench baseline residual-eval volume-eval train-mlp3d clean distclean \
         train export eval rewrite calibrate quantize compile runtime deploy validate \
         board-sim-up board-sim-down deploy-dir rollback
 
@@ -73,6 +73,13 @@ eval: $(STAMP) ## learned codec vs JPEG 2000 / JPEG-XL on DATA -> build/eval/eva
 
 residual-eval: $(STAMP) ## residual layer (lossless / near-lossless) vs JPEG-LS, J2K, JPEG-XL on DATA -> build/residual/residual.json
 	$(PY) -m pipelines residual-eval $(DATA) --json $(OUT)/residual/residual.json --quality 2 --quality 3 --force
+
+VOLUME_MODEL ?= mlp3d-pyramid
+volume-eval: $(STAMP) ## volumes (seed 001) vs the residual layer, JPEG-LS, J2K, HTJ2K, JPEG-XL on the shared CT and MR series -> build/volume/volume.json
+	$(PY) -m pipelines volume-eval --model $(VOLUME_MODEL) --json $(OUT)/volume/volume.json
+
+train-mlp3d: $(STAMP) ## train seed 001's volume predictor (VOLUME_MODEL) -> runs/VOLUME_MODEL/
+	$(PY) -m pipelines train-mlp3d --model $(VOLUME_MODEL)
 
 QAT_STEPS ?= 0
 CALIB_TILES ?= 32

@@ -11,15 +11,20 @@ Chunks of version 1, in file order::
     HEAD   exactly once, first: UTF-8 JSON object (sorted keys) describing the image and model
     META   0 or 1, before the first TILE: deflated DICOM metadata (opaque here)
     XTRA   0..n, anywhere between HEAD and IEND: key (ASCII) + NUL + opaque bytes
-    TILE   one per tile, tile index 0, 1, 2, ... in order:
+    TILE   one per tile, tile index 0, 1, 2, ... in order (none in a residual-only file):
            u32 tile index | u16 stream count | (u32 length | bytes) per stream
-    RESD   0 or one per frame, after the last TILE, frame index 0, 1, 2, ... in order:
+    RESD   0 or one per frame (one per frame when there is no TILE), after the last TILE,
+           frame index 0, 1, 2, ... in order:
            u32 frame index | the frame's residual stream (``codec/residual.py``)
     IEND   exactly once, last, empty
 
 RESD (the residual layer of the lossless and near-lossless modes) came after the first files of
 version 1; it is critical, so an older reader refuses such a file instead of decoding only its lossy
 layer, and files without it are unchanged (the version stays 1).
+
+A *residual-only* file (HEAD ``lossy_layer: "none"``, ``tiles: 0``) has no lossy layer: no TILE,
+one RESD per frame, and a HEAD that names no model (:data:`RESIDUAL_ONLY_HEAD_SCHEMA`; the keys
+of :data:`LEARNED_LAYER_KEYS` are refused). A reader that predates it refuses ``tiles: 0``.
 
 A chunk type whose first letter is uppercase is *critical*: a reader that does
 not know it must reject the file. A lowercase first letter marks an *ancillary*
@@ -56,6 +61,13 @@ __all__ = [
     "IEND",
     "Check",
     "DEFAULT_HEAD_SCHEMA",
+    "RESIDUAL_ONLY_HEAD_SCHEMA",
+    "LEARNED_LAYER_KEYS",
+    "LOSSY_LAYER_KEY",
+    "LAYER_LEARNED",
+    "LAYER_NONE",
+    "LOSSY_LAYERS",
+    "is_residual_only",
     "Container",
     "ContainerError",
     "make_chunk",
@@ -129,6 +141,30 @@ DEFAULT_HEAD_SCHEMA: dict[str, type | Check] = {
     "tiles": Check(int, _positive_int, "an int >= 1"),
 }
 
+#: HEAD key that names the lossy layer: absent or "learned" (the TILE chunks of a learned codec, the
+#: default schema above), or "none" (a residual-only file: no TILE, one RESD per frame). Files with a
+#: learned layer do not write the key, so they are byte for byte what they were before it existed.
+LOSSY_LAYER_KEY = "lossy_layer"
+LAYER_LEARNED = "learned"
+LAYER_NONE = "none"
+LOSSY_LAYERS = (LAYER_NONE, LAYER_LEARNED)
+
+#: Required HEAD keys of a residual-only file (``lossy_layer: "none"``): no model, no tile size, no tiles.
+RESIDUAL_ONLY_HEAD_SCHEMA: dict[str, type | Check] = {
+    LOSSY_LAYER_KEY: Check(str, lambda v: v == LAYER_NONE, '"none"'),
+    "rows": Check(int, _positive_int, "an int >= 1"),
+    "cols": Check(int, _positive_int, "an int >= 1"),
+    "frames": Check(int, _positive_int, "an int >= 1"),
+    "bits_stored": Check(int, lambda v: 1 <= v <= 32, "an int in 1..32"),
+    "signed": bool,
+    "tiles": Check(int, lambda v: v == 0, "0 in a file without a lossy layer"),
+}
+
+#: Keys of the learned layer that a residual-only HEAD must not hold: it was coded by no model, and a
+#: file that named one without carrying its tiles would claim what it does not hold.
+LEARNED_LAYER_KEYS = ("model", "checkpoint_sha256", "weights_sha256", "quality", "backend", "tile", "grid",
+                      "input_map")
+
 
 def _type_ok(value: Any, expected: type | tuple[type, ...]) -> bool:
     types = expected if isinstance(expected, tuple) else (expected,)
@@ -162,6 +198,39 @@ def _check_head(head: Any, schema: Mapping[str, type | Check]) -> None:
                 raise ContainerError(f"HEAD: {key!r} must be {rule.what}, got {_short(value)}")
         elif not _type_ok(value, rule):
             raise ContainerError(f"HEAD: {key!r} must be {_type_name(rule)}, got {_short(value)}")
+
+
+def is_residual_only(head: Any) -> bool:
+    """True when a HEAD says the file has no lossy layer (``lossy_layer: "none"``)."""
+    return isinstance(head, dict) and head.get(LOSSY_LAYER_KEY) == LAYER_NONE
+
+
+def _schema_for(head: Any, schema: Mapping[str, type | Check] | None) -> Mapping[str, type | Check]:
+    """The caller's schema, or the default one for the HEAD's lossy layer (learned or none)."""
+    if schema is not None:
+        return schema
+    if isinstance(head, dict) and LOSSY_LAYER_KEY in head:
+        layer = head[LOSSY_LAYER_KEY]
+        if not isinstance(layer, str) or layer not in LOSSY_LAYERS:
+            raise ContainerError(f"HEAD: {LOSSY_LAYER_KEY!r} must be \"learned\" or \"none\", got {_short(layer)}")
+        if layer == LAYER_NONE:
+            return RESIDUAL_ONLY_HEAD_SCHEMA
+    return DEFAULT_HEAD_SCHEMA
+
+
+def _check_head_default(head: Any, schema: Mapping[str, type | Check] | None) -> None:
+    """Schema check; with the default schemas also the rules of a residual-only HEAD."""
+    _check_head(head, _schema_for(head, schema))
+    if schema is None and is_residual_only(head):
+        named = [k for k in LEARNED_LAYER_KEYS if k in head]
+        if named:
+            raise ContainerError(f"HEAD: {named[0]!r} is not allowed in a file without a lossy layer "
+                                 f"({LOSSY_LAYER_KEY} \"none\")")
+
+
+def _no_image(n_frames: int | None) -> str:
+    return ("no TILE and no RESD chunk: a file without a lossy layer needs one RESD per frame"
+            + (f" (HEAD frames {n_frames})" if n_frames is not None else ""))
 
 
 def _head_tiles(head: Mapping) -> int | None:
@@ -271,19 +340,21 @@ def write_container(
     byte streams), one RESD per entry of ``residuals`` (none, or one residual
     stream per frame), IEND.
 
-    ``head`` is checked against ``schema`` (default :data:`DEFAULT_HEAD_SCHEMA`),
-    ``head["tiles"]`` must equal ``len(tiles)`` and, when there are residuals,
-    ``head["frames"]`` must equal ``len(residuals)``, so that the writer never
-    produces a file its reader refuses.
+    ``head`` is checked against ``schema`` (default :data:`DEFAULT_HEAD_SCHEMA`, or
+    :data:`RESIDUAL_ONLY_HEAD_SCHEMA` when ``head["lossy_layer"]`` is ``"none"``),
+    ``head["tiles"]`` must equal ``len(tiles)``, when there are residuals
+    ``head["frames"]`` must equal ``len(residuals)``, and a file without tiles needs
+    its residuals, so that the writer never produces a file its reader refuses.
     """
-    schema = DEFAULT_HEAD_SCHEMA if schema is None else schema
-    _check_head(head, schema)
+    _check_head_default(head, schema)
     if _head_tiles(head) is not None and head["tiles"] != len(tiles):
         raise ContainerError(f"tile count {len(tiles)} != HEAD tiles {head['tiles']}")
     if isinstance(residuals, (bytes, bytearray, memoryview, str)):
         raise ContainerError(f"residuals: expected a list of byte streams, got {type(residuals).__name__}")
     if residuals and _head_frames(head) is not None and head["frames"] != len(residuals):
         raise ContainerError(f"residual count {len(residuals)} != HEAD frames {head['frames']}")
+    if not tiles and not residuals:
+        raise ContainerError(_no_image(_head_frames(head)))
     parts = [SIGNATURE, _U16.pack(FORMAT_VERSION), make_chunk(HEAD, _encode_head(head))]
     if meta is not None:
         if not isinstance(meta, (bytes, bytearray, memoryview)):
@@ -351,7 +422,7 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _decode_head(payload: bytes, schema: Mapping[str, type | Check]) -> dict:
+def _decode_head(payload: bytes, schema: Mapping[str, type | Check] | None) -> dict:
     if len(payload) > MAX_HEAD_LENGTH:
         raise ContainerError(f"HEAD is {len(payload)} bytes, over the {MAX_HEAD_LENGTH} byte limit")
     try:
@@ -365,7 +436,7 @@ def _decode_head(payload: bytes, schema: Mapping[str, type | Check]) -> dict:
     except (ValueError, RecursionError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ContainerError(f"HEAD is not valid JSON: {_short(reason, 100)}") from None
-    _check_head(head, schema)
+    _check_head_default(head, schema)
     return head
 
 
@@ -441,12 +512,14 @@ def read_container(
     """Parse and fully validate a ``.mdc`` file held in memory.
 
     Checks the signature, version, every chunk's length / CRC / order, the HEAD
-    against ``schema`` (default :data:`DEFAULT_HEAD_SCHEMA`), the model
-    (``expected_model`` / ``expected_sha256``, when given), the tile indices and
-    count, IEND and that nothing follows it. Returns a :class:`Container`, or
-    raises :class:`ContainerError`; any input bytes raise nothing else.
+    against ``schema`` (default :data:`DEFAULT_HEAD_SCHEMA`, or
+    :data:`RESIDUAL_ONLY_HEAD_SCHEMA` for ``lossy_layer: "none"``), the model
+    (``expected_model`` / ``expected_sha256``, when given; a residual-only file
+    names none and needs none), the tile indices and count, the RESD count (one
+    per frame, required without tiles), IEND and that nothing follows it.
+    Returns a :class:`Container`, or raises :class:`ContainerError`; any input
+    bytes raise nothing else.
     """
-    schema = DEFAULT_HEAD_SCHEMA if schema is None else schema
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"read_container expects bytes, got {type(data).__name__}")
     data = bytes(data)  # accepts bytearray / memoryview; no copy for bytes
@@ -506,7 +579,8 @@ def read_container(
             if head is not None:
                 raise ContainerError(f"second HEAD chunk at offset {start}")
             head = _decode_head(payload, schema)
-            _check_model(head, expected_model, expected_sha256)
+            if not is_residual_only(head):
+                _check_model(head, expected_model, expected_sha256)
         elif ctype == META:
             if meta is not None:
                 raise ContainerError(f"second META chunk at offset {start}")
@@ -569,4 +643,6 @@ def read_container(
     n_frames = _head_frames(head)
     if residuals and n_frames is not None and len(residuals) != n_frames:
         raise ContainerError(f"residual count {len(residuals)} != HEAD frames {n_frames}")
+    if not tiles and not residuals:
+        raise ContainerError(_no_image(n_frames))
     return Container(head=head, meta=meta, tiles=tiles, extra=extra, version=version, residuals=residuals)

@@ -14,7 +14,9 @@ both read an input into the same :class:`codec.gdncodec.Source` and write the sa
 
 :func:`compress_file` / :func:`decompress_file` are one file through the codec, written
 atomically; the caller says where the networks and the package come from (the zoo on the
-host, the rendered runtime on the board).
+host, the rendered runtime on the board). A residual-only file (no lossy layer: the default of
+the lossless and near-lossless modes) is coded and decoded without asking for them, so no
+network, package or torch is loaded.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from codec.fileio import atomic_write, check_writable
 from codec.gdncodec import Networks, Source
 from codec.package import CodecPackage
 
-__all__ = ["METHOD", "METHOD_NEAR_LOSSLESS", "bits_for", "compress_file", "decompress_file", "encode_output", "has_preamble", "kind_of",
+__all__ = ["METHOD", "METHOD_NEAR_LOSSLESS", "METHOD_RESIDUAL_NEAR_LOSSLESS", "bits_for", "compress_file", "decompress_file", "encode_output", "has_preamble", "kind_of",
            "load_source", "lossy_info", "output_suffix", "read_head"]
 
 #: () -> (networks, package) for compressing; (HEAD) -> (networks, package) for decompressing
@@ -41,6 +43,7 @@ CodecFor = Callable[..., tuple[Networks, CodecPackage]]
 
 METHOD = "MEDCODEC_GDN"  # Lossy Image Compression Method (0028,2114): a 16-char code string
 METHOD_NEAR_LOSSLESS = "MEDCODEC_GDN_NL"  # the learned layer plus the near-lossless residual layer
+METHOD_RESIDUAL_NEAR_LOSSLESS = "MEDCODEC_RES_NL"  # the near-lossless residual layer alone (no lossy layer)
 
 
 def has_preamble(path) -> bool:
@@ -118,10 +121,13 @@ def lossy_info(head: dict, pixels: np.ndarray, compressed_bytes: int) -> LossyIn
         return None
     ratio = round(pixels.size * pixels.dtype.itemsize / max(1, compressed_bytes), 2)
     if mode == gdncodec.FORMAT_MODE_NEAR_LOSSLESS:
-        text = f"medcodec near-lossless, max abs error {int(head['max_error'])} (stored values)"
+        alone = container.is_residual_only(head)
+        text = (f"medcodec near-lossless{' (residual layer only)' if alone else ''}, "
+                f"max abs error {int(head['max_error'])} (stored values)")
         if head.get("target_psnr") is not None:
             text += f", chosen for PSNR >= {float(head['target_psnr']):g} dB"
-        return LossyInfo(ratio=ratio, method=METHOD_NEAR_LOSSLESS, description=text)
+        return LossyInfo(ratio=ratio, method=METHOD_RESIDUAL_NEAR_LOSSLESS if alone else METHOD_NEAR_LOSSLESS,
+                         description=text)
     return LossyInfo(ratio=ratio, method=METHOD)
 
 
@@ -144,34 +150,42 @@ def encode_output(head: dict, pixels: np.ndarray, meta: bytes | None, compressed
 
 def compress_file(src_path, dst, codec: CodecFor, *, force: bool = False,
                   png_decode: Callable[[bytes], np.ndarray] | None = None, mode: str = "lossy",
-                  max_error: int | None = None, target_psnr: float | None = None) -> dict:
+                  max_error: int | None = None, target_psnr: float | None = None,
+                  lossy_layer: str | None = None) -> dict:
     """One image file -> a ``.mdc`` file; ``codec()`` gives the networks and the package.
 
-    ``mode`` / ``max_error`` / ``target_psnr``: as :func:`codec.gdncodec.compress`.
+    ``mode`` / ``max_error`` / ``target_psnr`` / ``lossy_layer``: as :func:`codec.gdncodec.compress`;
+    ``lossy_layer`` None is the mode's default (:func:`codec.gdncodec.default_lossy_layer`: the
+    learned layer for lossy, none for lossless and near-lossless). Without a lossy layer ``codec``
+    is not called.
     """
-    gdncodec.check_mode(mode, max_error, target_psnr)
+    gdncodec.check_mode(mode, max_error, target_psnr, lossy_layer)
+    layer = gdncodec.default_lossy_layer(mode) if lossy_layer is None else lossy_layer
     dst = check_writable(dst, force)
     src = load_source(src_path, png_decode)
-    nets, pkg = codec()
+    nets, pkg = codec() if layer == gdncodec.LAYER_LEARNED else (None, None)
     timing = gdncodec.Timing()
     t0 = time.perf_counter()
     data = gdncodec.compress(src, nets, pkg, timing=timing, mode=mode, max_error=max_error,
-                             target_psnr=target_psnr)
+                             target_psnr=target_psnr, lossy_layer=layer)
     enc_s = time.perf_counter() - t0
     atomic_write(dst, data, force=force)
     head = container.read_container(data).head
     label = head["mode"] + (f" D={head['max_error']}" if head["mode"] == gdncodec.FORMAT_MODE_NEAR_LOSSLESS else "")
+    if layer == gdncodec.LAYER_NONE:
+        label += " (residual only, no lossy layer)"
     return {"bytes": len(data), "bpp": len(data) * 8 / src.pixels.size, "encode_s": enc_s, "timing": timing,
             "mode": label, "head": head}
 
 
 def read_head(data: bytes, where) -> dict:
-    """The HEAD of a ``.mdc`` file (checked), with a quality; one-line errors naming ``where``."""
+    """The HEAD of a ``.mdc`` file (checked), with a quality unless the file has no lossy layer;
+    one-line errors naming ``where``."""
     try:
         head = container.read_container(data).head
     except container.ContainerError as exc:
         raise MedcodecError(f"{where}: {exc}") from None
-    if not isinstance(head.get("quality"), int):
+    if not container.is_residual_only(head) and not isinstance(head.get("quality"), int):
         raise MedcodecError(f"{where}: HEAD has no quality")
     return head
 
@@ -180,14 +194,15 @@ def decompress_file(src_path, dst, codec: CodecFor, *, force: bool = False,
                     png_encode: Callable[[np.ndarray], bytes] | None = None) -> dict:
     """A ``.mdc`` file -> the image file it came from (``dst`` None: nothing written).
 
-    ``codec(head)`` gives the networks and the package the file names (model, quality).
+    ``codec(head)`` gives the networks and the package the file names (model, quality); it is not
+    called for a residual-only file, which needs neither.
     """
     src_path = Path(src_path)
     if not src_path.is_file():
         raise MedcodecError(f"{src_path}: no such file")
     data = src_path.read_bytes()
     head = read_head(data, src_path)
-    nets, pkg = codec(head)
+    nets, pkg = (None, None) if container.is_residual_only(head) else codec(head)
     if dst is not None:
         dst = Path(dst)
         want = output_suffix(head)

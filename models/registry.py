@@ -11,6 +11,7 @@ from types import MappingProxyType
 from torch import nn
 
 from models.hyperprior import GDNHyperprior
+from models.mlp3d import MLP3D
 
 __all__ = ["ModelEntry", "create", "get", "names", "register"]
 
@@ -56,3 +57,6 @@ def create(name: str, **overrides) -> nn.Module:
 register("gdn-hyperprior", GDNHyperprior, {"N": 64, "M": 128})
 #: the same codec with GDN / inverse GDN replaced by LeakyReLU(26/256): every layer a DPU operator
 register("dpu-hyperprior", GDNHyperprior, {"N": 64, "M": 128, "transform": "leaky"})
+#: seed 001's lossless voxel predictor (volumes): the MLP over a 3-D pyramid / cube of the previous slices
+register("mlp3d-pyramid", MLP3D, {"sampling": "pyramid", "hidden": (1024, 512, 256, 128)})
+register("mlp3d-cube", MLP3D, {"sampling": "cube", "hidden": (1024, 512, 256, 128)})

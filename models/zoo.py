@@ -146,3 +146,28 @@ def load_model(name: str = "gdn-hyperprior", quality: int = 1, weights_dir=None,
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()
+
+
+#: volume predictors (seed 001): name -> files in weights/; their sha256 in zoo.json under name -> "volume"
+VOLUME_ZOO: dict[str, dict] = {
+    "mlp3d-pyramid": {"checkpoint": "mlp3d-pyramid.pt", "package": "mlp3d-pyramid.npz"},
+    "mlp3d-cube": {"checkpoint": "mlp3d-cube.pt", "package": "mlp3d-cube.npz"},
+}
+
+
+def volume_hashes(name: str, weights_dir=None) -> dict:
+    if name not in VOLUME_ZOO:
+        raise ZooError(f"no volume model {name!r}; known: {', '.join(sorted(VOLUME_ZOO))}")
+    return _manifest(weights_dir).get(name, {}).get("volume", {})
+
+
+def load_volume_predictor(name: str = "mlp3d-pyramid", weights_dir=None):
+    """(``codec.volume.VolumePredictor``, package sha256) of a committed volume model, hash checked."""
+    from codec.volume import load_predictor
+
+    h = volume_hashes(name, weights_dir)
+    path = Path(weights_dir or WEIGHTS_DIR) / VOLUME_ZOO[name]["package"]
+    if not h.get("package_sha256"):
+        raise ZooError(f"{path.name}: no package recorded for {name} (train it with `medcodec train-mlp3d --model {name}`)")
+    verify_checkpoint(path, h["package_sha256"])
+    return load_predictor(path), h["package_sha256"]

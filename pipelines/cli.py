@@ -21,6 +21,7 @@ COMMANDS = (
     "pipelines.info",
     "pipelines.baseline",
     "pipelines.residual_eval",
+    "pipelines.volume_cmd",
     "pipelines.train",
     "pipelines.export",
     "pipelines.partition_cmd",

@@ -19,11 +19,18 @@ is recorded, printed, and makes the command exit 1 after writing the JSON). Timi
 ``perf_counter`` seconds of the coding calls: the residual coder's encode / decode, the lossy
 layer's encode (analysis + entropy coding) and x_hat rebuild (entropy decoding + synthesis), the
 classical codecs' calls.
+
+``--model`` / ``--backend`` choose the lossy layer (default the float gdn-hyperprior; ``--backend int8``
+with ``--model dpu-hyperprior`` is the DPU's integers on the emulator). ``--include GLOB`` keeps the
+files whose path relative to DATA_DIR matches. ``--curves`` measures PSNR-vs-bpp curves instead
+(lossy only, lossy + residual over a ladder of D, residual only, JPEG 2000 at the same bpp; JSON, a
+table and RD plots): ``pipelines/residual_curves.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import platform
@@ -39,13 +46,14 @@ from codec import gdncodec, residual
 from codec.dicom import read_dicom
 from codec.errors import MedcodecError
 from codec.fileio import atomic_write, check_writable
-from pipelines import classical
+from pipelines import classical, residual_curves
 from pipelines.baseline import GROUPS, _json_safe, _mean, by_group, modality_group
 from pipelines.paths import dicom_inputs
 
 LEVELS = (1, 2, 4)
 CLASSICAL_LOSSLESS = ("jpegls", "j2k", "jxl")
 MODEL = "gdn-hyperprior"
+BACKENDS = ("float", "rewritten", "int8")  # pipelines.compress.BACKENDS (not imported here: it loads torch)
 
 
 # --------------------------------------------------------------------------- one image
@@ -108,7 +116,8 @@ def _classical(px: np.ndarray, bits: int, signed: bool, levels, fail) -> dict:
 
 
 def evaluate_pixels(px: np.ndarray, bits: int, signed: bool, *, qualities=(2,), levels=LEVELS,
-                    with_classical: bool = True, threads: int | None = 1) -> tuple[dict, list[dict]]:
+                    with_classical: bool = True, threads: int | None = 1, model: str = MODEL,
+                    backend: str = "float") -> tuple[dict, list[dict]]:
     """All the measurements on one image's stored values; (record sections, failures)."""
     failures: list[dict] = []
 
@@ -128,7 +137,7 @@ def evaluate_pixels(px: np.ndarray, bits: int, signed: bool, *, qualities=(2,), 
     for q in qualities:
         from pipelines.compress import load_codec  # torch: only when the lossy layer is measured
 
-        nets, pkg = load_codec(MODEL, q, threads)
+        nets, pkg = load_codec(model, q, threads, backend)
         src = gdncodec.Source(px, bits, signed)
         timing = gdncodec.Timing()
         t0 = time.perf_counter()
@@ -153,7 +162,8 @@ def evaluate_pixels(px: np.ndarray, bits: int, signed: bool, *, qualities=(2,), 
     return rec, failures
 
 
-def evaluate_file(path: str, rel: str, qualities, levels, with_classical: bool) -> dict:
+def evaluate_file(path: str, rel: str, qualities, levels, with_classical: bool, model: str = MODEL,
+                  backend: str = "float") -> dict:
     """One DICOM -> {"record": ...} or {"skip": reason}."""
     try:
         img = read_dicom(path)
@@ -168,7 +178,7 @@ def evaluate_file(path: str, rel: str, qualities, levels, with_classical: bool) 
            "bits_stored": int(img.bits_stored), "signed": bool(img.signed), "dtype": str(px.dtype)}
     try:
         sections, failures = evaluate_pixels(px, img.bits_stored, img.signed, qualities=qualities, levels=levels,
-                                             with_classical=with_classical)
+                                             with_classical=with_classical, model=model, backend=backend)
     except MedcodecError as exc:
         sections, failures = {}, [{"method": "*", "setting": "*", "error": str(exc).splitlines()[0]}]
     rec.update(sections)
@@ -330,13 +340,36 @@ def _levels(text: str) -> tuple[int, ...]:
     return vals
 
 
+def _ladder(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or any(not 0 <= v <= residual.MAX_ERROR_LIMIT for v in vals) or len(set(vals)) != len(vals):
+        raise argparse.ArgumentTypeError(f"distinct bounds in 0..{residual.MAX_ERROR_LIMIT} (0 = lossless)")
+    return vals
+
+
+def _qualities(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in vals) or len(set(vals)) != len(vals):
+        raise argparse.ArgumentTypeError("distinct qualities >= 1")
+    return vals
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "residual-eval",
-        help="lossless / near-lossless bpp of the residual layer vs JPEG-LS, J2K, JPEG-XL",
+        help="lossless / near-lossless bpp of the residual layer vs JPEG-LS, J2K, JPEG-XL (--curves: PSNR vs bpp)",
         description=("Code every DICOM under DATA_DIR losslessly and near-losslessly with the residual layer "
                      "alone and on top of the learned lossy layer, and with the classical codecs; verify every "
-                     "decode; write per-image records and per-modality means to a JSON file and print a table."),
+                     "decode; write per-image records and per-modality means to a JSON file and print a table. "
+                     "With --curves: PSNR (over the image's range and at native depth) against bpp of the lossy "
+                     "layer alone, of the lossy layer plus the residual and of the residual alone over a ladder "
+                     "of D, beside JPEG 2000 rate-targeted to every point; JSON, table and RD plots."),
     )
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder searched recursively for DICOM files")
     p.add_argument("--json", dest="json_path", metavar="OUT.json", required=True, help="where to write the results")
@@ -346,6 +379,21 @@ def register(sub) -> None:
     p.add_argument("--no-classical", action="store_true", help="skip the classical codecs")
     p.add_argument("--levels", type=_levels, default=LEVELS, metavar="D,D,..",
                    help="near-lossless bounds (default 1,2,4)")
+    p.add_argument("--model", default=MODEL, help=f"learned codec of the lossy layer (default {MODEL})")
+    p.add_argument("--backend", choices=BACKENDS, default="float",
+                   help="its networks: float (torch), rewritten, or int8 (the DPU's integers on the emulator; "
+                        "dpu-hyperprior only) (default float)")
+    p.add_argument("--include", action="append", default=None, metavar="GLOB",
+                   help="only the files whose path relative to DATA_DIR matches GLOB (fnmatch; repeatable)")
+    p.add_argument("--curves", action="store_true",
+                   help="PSNR-vs-bpp curves: lossy only at --curve-qualities, lossy (--quality, one) + residual and "
+                        "residual only at every D of --ladder, JPEG 2000 at the same bpp (pipelines/residual_curves.py)")
+    p.add_argument("--curve-qualities", type=_qualities, default=residual_curves.CURVE_QUALITIES, metavar="Q,Q,..",
+                   help="--curves: qualities of the lossy-only curve (default 1,2,3,4)")
+    p.add_argument("--ladder", type=_ladder, default=residual_curves.LADDER, metavar="D,D,..",
+                   help="--curves: bounds of the residual curves, 0 = lossless (default 64,32,16,8,4,2,1,0)")
+    p.add_argument("--plots", default=None, metavar="DIR",
+                   help="--curves: folder for the RD plots (default: plots/ beside OUT.json)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="images in parallel (default 1)")
     p.add_argument("--force", action="store_true", help="overwrite an existing OUT.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -361,16 +409,98 @@ def run(args) -> int:
     if not parent.is_dir():
         raise MedcodecError(f"{out_path}: directory {parent} does not exist")
     files = dicom_inputs([data_dir])
+    if args.include:
+        files = [f for f in files
+                 if any(fnmatch.fnmatchcase(f.relative_to(data_dir).as_posix(), g) for g in args.include)]
     if not files:
-        raise MedcodecError(f"{data_dir}: no DICOM files found")
+        raise MedcodecError(f"{data_dir}: no DICOM files found" + (" matching --include" if args.include else ""))
+    if args.curves:
+        return _run_curves(args, data_dir, out_path, files)
     qualities = () if args.no_lossy_layer else tuple(args.quality or (2,))
     levels = tuple(args.levels)
-    from tqdm import tqdm
-
     t_start = time.perf_counter()
     rels = [f.relative_to(data_dir).as_posix() for f in files]
+    records, skipped, failures = _evaluate_all(
+        files, rels, evaluate_file, (qualities, levels, not args.no_classical, args.model, args.backend),
+        args.jobs, args.no_progress)
+    aggregates = aggregate(records, levels)
+    report = {
+        "tool": "medcodec residual-eval",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data_dir": data_dir.name,
+        "settings": {"qualities": list(qualities), "model": args.model, "backend": args.backend,
+                     "levels": list(levels), "include": args.include,
+                     "residual": {"num_contexts": residual.NUM_CONTEXTS, "count_step": residual.COUNT_STEP,
+                                  "count_limit": residual.COUNT_LIMIT, "stream_version": residual.STREAM_VERSION},
+                     "bpp": "8 * bytes / pixels; lossy+residual bytes = tile streams + residual streams",
+                     "jobs": max(1, min(args.jobs, len(files))), "cpu_count": os.cpu_count()},
+        "versions": {**classical.codec_versions(), "python": platform.python_version()},
+        "n_files": len(files), "wall_s": time.perf_counter() - t_start,
+        "images": records, "skipped": skipped, "failures": failures, "aggregates": aggregates,
+    }
+    atomic_write(out_path, json.dumps(_json_safe(report), indent=1, allow_nan=False).encode() + b"\n",
+                 force=args.force)
+    if records:
+        print(format_table(aggregates, levels), flush=True)
+    return _finish(report, out_path, data_dir, len(files), records, skipped, failures)
+
+
+def _finish(report, out_path, data_dir, n_files, records, skipped, failures) -> int:
+    print(f"medcodec residual-eval: {len(records)} image(s), {len(skipped)} skipped, {len(failures)} failure(s) "
+          f"in {report['wall_s']:.1f} s; wrote {out_path}", file=sys.stderr)
+    if not records:
+        raise MedcodecError(f"none of the {n_files} DICOM file(s) under {data_dir} could be read")
+    if failures:
+        raise MedcodecError(f"{len(failures)} verification failure(s); see 'failures' in {out_path}")
+    return 0
+
+
+def _run_curves(args, data_dir: Path, out_path: Path, files: list[Path]) -> int:
+    quality = args.quality or [2]
+    if len(quality) > 1:
+        raise MedcodecError("--curves takes one --quality: the lossy layer under the residual")
+    base = None if args.no_lossy_layer else quality[0]
+    settings = {"model": args.model, "backend": args.backend,
+                "qualities": () if args.no_lossy_layer else tuple(args.curve_qualities),
+                "base_quality": base, "ladder": tuple(args.ladder), "with_j2k": not args.no_classical}
+    t_start = time.perf_counter()
+    rels = [f.relative_to(data_dir).as_posix() for f in files]
+    records, skipped, failures = _evaluate_all(files, rels, residual_curves.evaluate_file, (settings,), args.jobs,
+                                               args.no_progress)
+    aggregates = residual_curves.aggregate(records)
+    plots = residual_curves.plot(aggregates, Path(args.plots) if args.plots else out_path.parent / "plots",
+                                 f"{args.model} {args.backend}", base) if records else []
+    report = {
+        "tool": "medcodec residual-eval --curves",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data_dir": data_dir.name,
+        "settings": {**settings, "include": args.include,
+                     "bpp": "8 * bytes / pixels; lossy bytes = tile streams, lossy+residual = tile + residual "
+                            "streams, residual only = residual streams; J2K = codestream (+ offset side bytes)",
+                     "psnr_range": "peak = max - min of the original image",
+                     "psnr_bits": "peak = 2^BitsStored - 1",
+                     "j2k": "irreversible 9/7 rate-targeted to each point's bpp (encode_at_bpp, 3 % tolerance); "
+                            "reversible J2K for the lossless points",
+                     "jobs": max(1, min(args.jobs, len(files))), "cpu_count": os.cpu_count()},
+        "versions": {**classical.codec_versions(), "python": platform.python_version()},
+        "n_files": len(files), "wall_s": time.perf_counter() - t_start,
+        "images": records, "skipped": skipped, "failures": failures, "aggregates": aggregates,
+        "plots": [str(p) for p in plots],
+    }
+    atomic_write(out_path, json.dumps(_json_safe(report), indent=1, allow_nan=False).encode() + b"\n",
+                 force=args.force)
+    if records:
+        print(residual_curves.format_table(aggregates, base), flush=True)
+        print(f"plots: {', '.join(str(p) for p in plots)}", flush=True)
+    return _finish(report, out_path, data_dir, len(files), records, skipped, failures)
+
+
+def _evaluate_all(files, rels, fn, fn_args, jobs: int, no_progress: bool):
+    """``fn(path, rel, *fn_args)`` for every file (``jobs`` processes): (records, skipped, failures)."""
+    from tqdm import tqdm
+
     records, skipped, failures = [], [], []
-    bar = tqdm(total=len(files), desc="residual-eval", unit="img", file=sys.stderr, disable=args.no_progress)
+    bar = tqdm(total=len(files), desc="residual-eval", unit="img", file=sys.stderr, disable=no_progress)
 
     def collect(rel, res):
         if "skip" in res:
@@ -384,17 +514,16 @@ def run(args) -> int:
                           file=sys.stderr)
         bar.update(1)
 
-    jobs = max(1, min(args.jobs, len(files)))
+    jobs = max(1, min(jobs, len(files)))
     try:
         if jobs == 1:
             for f, rel in zip(files, rels, strict=True):
-                collect(rel, evaluate_file(str(f), rel, qualities, levels, not args.no_classical))
+                collect(rel, fn(str(f), rel, *fn_args))
         else:
             import multiprocessing as mp
 
             with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-                pending = {pool.submit(evaluate_file, str(f), rel, qualities, levels, not args.no_classical): rel
-                           for f, rel in zip(files, rels, strict=True)}
+                pending = {pool.submit(fn, str(f), rel, *fn_args): rel for f, rel in zip(files, rels, strict=True)}
                 while pending:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
@@ -403,28 +532,4 @@ def run(args) -> int:
         bar.close()
     order = {rel: i for i, rel in enumerate(rels)}
     records.sort(key=lambda r: order[r["path"]])
-    aggregates = aggregate(records, levels)
-    report = {
-        "tool": "medcodec residual-eval",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "data_dir": data_dir.name,
-        "settings": {"qualities": list(qualities), "model": MODEL, "levels": list(levels),
-                     "residual": {"num_contexts": residual.NUM_CONTEXTS, "count_step": residual.COUNT_STEP,
-                                  "count_limit": residual.COUNT_LIMIT, "stream_version": residual.STREAM_VERSION},
-                     "bpp": "8 * bytes / pixels; lossy+residual bytes = tile streams + residual streams",
-                     "jobs": jobs, "cpu_count": os.cpu_count()},
-        "versions": {**classical.codec_versions(), "python": platform.python_version()},
-        "n_files": len(files), "wall_s": time.perf_counter() - t_start,
-        "images": records, "skipped": skipped, "failures": failures, "aggregates": aggregates,
-    }
-    atomic_write(out_path, json.dumps(_json_safe(report), indent=1, allow_nan=False).encode() + b"\n",
-                 force=args.force)
-    if records:
-        print(format_table(aggregates, levels), flush=True)
-    print(f"medcodec residual-eval: {len(records)} image(s), {len(skipped)} skipped, {len(failures)} failure(s) "
-          f"in {report['wall_s']:.1f} s; wrote {out_path}", file=sys.stderr)
-    if not records:
-        raise MedcodecError(f"none of the {len(files)} DICOM file(s) under {data_dir} could be read")
-    if failures:
-        raise MedcodecError(f"{len(failures)} verification failure(s); see 'failures' in {out_path}")
-    return 0
+    return records, skipped, failures

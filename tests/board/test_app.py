@@ -20,7 +20,7 @@ from board import app
 from board.app import Runtime, pixels_sha256, synthetic_image, validate_images
 from board.runtime import SMOKE_TEST
 from board.validate import compare
-from codec import gdncodec
+from codec import gdncodec, sources
 from codec.dpunets import emulator_networks
 from codec.sources import load_source
 from tests.board import fake_vart
@@ -70,6 +70,19 @@ def test_compress_and_decompress_a_dicom(rendered, run_app, images_dir, tmp_path
     assert "output exists" in _one_error_line(capsys.readouterr().err)
     assert app.main(["decompress", str(mdc), str(tmp_path / "a.npy"), *root]) == 1
     assert "name the output *.dcm" in _one_error_line(capsys.readouterr().err)
+
+
+def test_decompress_of_a_residual_only_file(rendered, run_app, images_dir, tmp_path):
+    """A lossless file without a lossy layer (the host's default for lossless) decodes on the board, isolated
+    from the repository (no torch, no host module), with no network run and the SOP Instance UID kept."""
+    dcm = next(images_dir.rglob("*.dcm"))
+    mdc, back = tmp_path / "a.mdc", tmp_path / "a.dcm"
+    sources.compress_file(dcm, mdc, lambda: pytest.fail("no codec is needed"), mode="lossless")
+    out = run_app(rendered.out_dir, "decompress", str(mdc), str(back), check_rc=0)
+    assert "384x274 int16" in out.stdout
+    a, b = pydicom.dcmread(dcm), pydicom.dcmread(back)
+    np.testing.assert_array_equal(b.pixel_array, a.pixel_array)
+    assert b.SOPInstanceUID == a.SOPInstanceUID and "LossyImageCompression" not in b
 
 
 def test_validate_writes_metrics_json(rendered, run_app, images_dir, tmp_path, capsys):

@@ -72,7 +72,7 @@ def test_demo_round_trips_samples_and_prints_baselines(tmp_path, capsys):
     one = tmp_path / "in"
     one.mkdir()
     shutil.copy(sample_files()[0], one)
-    assert main(["demo", "--data", str(one), "--out", str(tmp_path / "out")]) == 0
+    assert main(["demo", "--data", str(one), "--out", str(tmp_path / "out"), "--volume", ""]) == 0
     text = capsys.readouterr().out
     assert "pixels identical, elements identical" in text
     assert "Lossless" in text and "JPEG-LS" in text

@@ -1,8 +1,8 @@
 """Lossless and near-lossless modes end to end: CLI, .mdc, DICOM out, with a small throwaway model.
 
 The model is the randomly initialised one of test_compress.py: these tests check the residual layer's
-plumbing (modes, RESD chunks, x_hat CRC, DICOM marking), not compression, which
-``medcodec residual-eval`` measures.
+plumbing (modes, lossy layer none / learned, RESD chunks, x_hat CRC, DICOM marking), not compression,
+which ``medcodec residual-eval`` measures.
 """
 
 from __future__ import annotations
@@ -38,19 +38,29 @@ def tiny_zoo(weights_dir, monkeypatch):
     return weights_dir
 
 
-def test_lossless_cli_round_trip_is_bit_exact_on_every_sample(tiny_zoo, tmp_path):
+@pytest.mark.parametrize("layer", [None, "learned"])
+def test_lossless_cli_round_trip_is_bit_exact_on_every_sample(tiny_zoo, tmp_path, monkeypatch, layer):
     src = tmp_path / "in"
     for p in sample_files():
         dst = src / p.relative_to(p.parents[1])
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(p, dst)
+    if layer is None:  # the default: residual only, no model is loaded to code or decode
+        monkeypatch.setattr(compress_cmd, "load_codec", _no_model)
+    argv = [] if layer is None else ["--lossy-layer", layer]
     assert main(["compress", str(src), str(tmp_path / "mdc"), "--quality", "1", "--mode", "lossless",
-                 "--no-progress"]) == 0
+                 "--no-progress", *argv]) == 0
     assert main(["decompress", str(tmp_path / "mdc"), str(tmp_path / "out"), "--no-progress"]) == 0
     for p in sample_files():
         rel = p.relative_to(p.parents[1])
-        head = container.read_container((tmp_path / "mdc" / rel).with_suffix(".mdc").read_bytes()).head
+        c = container.read_container((tmp_path / "mdc" / rel).with_suffix(".mdc").read_bytes())
+        head = c.head
         assert head["mode"] == "lossless" and head["max_error"] == 0
+        if layer is None:
+            assert head["lossy_layer"] == "none" and head["tiles"] == 0 and not c.tiles and len(c.residuals) == 1
+            assert not set(container.LEARNED_LAYER_KEYS) & set(head)
+        else:
+            assert "lossy_layer" not in head and c.tiles and head["quality"] == 1
         a, b = pydicom.dcmread(p), pydicom.dcmread(tmp_path / "out" / rel)
         np.testing.assert_array_equal(read_dicom(tmp_path / "out" / rel).pixels, read_dicom(p).pixels)
         assert b.SOPInstanceUID == a.SOPInstanceUID
@@ -62,18 +72,31 @@ def test_lossless_cli_round_trip_is_bit_exact_on_every_sample(tiny_zoo, tmp_path
                 assert b[el.tag].value == el.value, el.keyword
 
 
-def test_near_lossless_cli_holds_the_bound_and_marks_the_dicom(tiny_zoo, tmp_path, capsys):
+def _no_model(*args, **kwargs):
+    raise AssertionError("a residual-only file loaded a model")
+
+
+@pytest.mark.parametrize("layer, method", [(None, "MEDCODEC_RES_NL"), ("none", "MEDCODEC_RES_NL"),
+                                           ("learned", "MEDCODEC_GDN_NL")])
+def test_near_lossless_cli_holds_the_bound_and_marks_the_dicom(tiny_zoo, tmp_path, capsys, monkeypatch, layer,
+                                                               method):
     mdc, out = tmp_path / "a.mdc", tmp_path / "a.dcm"
+    if layer != "learned":
+        monkeypatch.setattr(compress_cmd, "load_codec", _no_model)
+    argv = [] if layer is None else ["--lossy-layer", layer]
     assert main(["compress", str(MR), str(mdc), "--quality", "1", "--mode", "near-lossless",
-                 "--max-error", "2"]) == 0
-    assert "near-lossless D=2" in capsys.readouterr().out
+                 "--max-error", "2", *argv]) == 0
+    printed = capsys.readouterr().out
+    assert "near-lossless D=2" in printed and ("residual only" in printed) == (layer != "learned")
     assert main(["decompress", str(mdc), str(out)]) == 0
     src, dst = pydicom.dcmread(MR), pydicom.dcmread(out)
     err = np.abs(read_dicom(out).pixels.astype(np.int64) - read_dicom(MR).pixels).max()
     assert 0 < err <= 2
     assert dst.LossyImageCompression == "01"
-    assert "MEDCODEC_GDN_NL" in str(dst.LossyImageCompressionMethod)
+    methods = str(dst.LossyImageCompressionMethod)
+    assert method in methods and ({"MEDCODEC_RES_NL", "MEDCODEC_GDN_NL"} - {method}).pop() not in methods
     assert "max abs error 2" in str(dst.DerivationDescription)
+    assert ("residual layer only" in str(dst.DerivationDescription)) == (layer != "learned")
     assert dst.SOPInstanceUID != src.SOPInstanceUID
     assert dst.SourceImageSequence[-1].ReferencedSOPInstanceUID == src.SOPInstanceUID
 
@@ -84,6 +107,7 @@ def test_target_psnr_cli(tiny_zoo, tmp_path):
                  "--target-psnr", "72"]) == 0
     head = container.read_container(mdc.read_bytes()).head
     assert head["target_psnr"] == 72.0 and head["frame_max_error"] == [head["max_error"]]
+    assert head["lossy_layer"] == "none" and head["tiles"] == 0
     assert main(["decompress", str(mdc), str(out)]) == 0
     x, y = read_dicom(MR).pixels, read_dicom(out).pixels
     assert residual.psnr_for(x, y, 16) >= 72.0
@@ -97,6 +121,8 @@ def test_target_psnr_cli(tiny_zoo, tmp_path):
     (["--mode", "near-lossless", "--max-error", "0"], "max error must be an integer in 1.."),
     (["--mode", "lossless", "--max-error", "2"], "takes neither"),
     (["--max-error", "2"], "lossy mode takes neither"),
+    (["--lossy-layer", "none"], "lossy mode needs the learned layer"),
+    (["--mode", "lossy", "--lossy-layer", "none"], "lossy mode needs the learned layer"),
 ])
 def test_mode_usage_errors_are_one_line(tiny_zoo, tmp_path, capsys, args, message):
     mdc = tmp_path / "a.mdc"

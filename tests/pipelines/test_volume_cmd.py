@@ -1,0 +1,150 @@
+"""Volumes through the CLI: ``compress SERIES_DIR OUT.mdc``, ``decompress OUT.mdc DIR``, train-mlp3d, volume-eval.
+
+A small throwaway predictor (seeded, tiny) stands in for the committed one, except in the test of the
+committed package itself; compression quality is what ``medcodec volume-eval`` measures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pydicom
+import pytest
+
+from codec import volume as V
+from models import zoo
+from models.mlp3d import save_package
+from pipelines.cli import main
+from tests.codec.test_volume import smooth_volume, tiny_predictor, write_series
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vzoo")
+    pred = tiny_predictor()
+    path = folder / "mlp3d-pyramid.npz"
+    save_package(path, pred.net, pred.sampling)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    (folder / "zoo.json").write_text(json.dumps({"mlp3d-pyramid": {"volume": {"package_sha256": sha}}}))
+    return folder
+
+
+@pytest.fixture
+def tiny_zoo(weights_dir, monkeypatch):
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", weights_dir)
+    return weights_dir
+
+
+@pytest.fixture
+def series(tmp_path):
+    return write_series(tmp_path / "series", smooth_volume(shape=(5, 20, 24)))
+
+
+def test_lossless_series_round_trip_byte_exact(tiny_zoo, series, tmp_path, capsys):
+    mdc, out = tmp_path / "vol.mdc", tmp_path / "back"
+    assert main(["compress", str(series), str(mdc), "--mode", "lossless", "--no-progress"]) == 0
+    assert "5 slices of 20x24" in capsys.readouterr().out
+    assert main(["decompress", str(mdc), str(out), "--no-progress"]) == 0
+    names = sorted(p.name for p in series.iterdir())
+    assert sorted(p.name for p in out.iterdir()) == names
+    for n in names:  # every slice: the original file, byte for byte (keeps its SOP Instance UID, not lossy)
+        assert (out / n).read_bytes() == (series / n).read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_near_lossless_series_marked_lossy_with_bound(tiny_zoo, series, tmp_path):
+    mdc, out = tmp_path / "vol.mdc", tmp_path / "back"
+    assert main(["compress", str(series), str(mdc), "--mode", "near-lossless", "--max-error", "2",
+                 "--no-progress"]) == 0
+    assert main(["decompress", str(mdc), str(out), "--no-progress"]) == 0
+    for f in series.iterdir():
+        a, b = pydicom.dcmread(f), pydicom.dcmread(out / f.name)
+        assert np.abs(a.pixel_array.astype(int) - b.pixel_array.astype(int)).max() <= 2
+        assert b.LossyImageCompression == "01" and "max abs error 2" in b.DerivationDescription
+        assert b.SOPInstanceUID != a.SOPInstanceUID
+
+
+def test_volume_errors_are_one_line(tiny_zoo, series, tmp_path, capsys):
+    mdc = tmp_path / "vol.mdc"
+    assert main(["compress", str(series), str(mdc), "--no-progress"]) == 1  # default mode is lossy
+    assert "lossless" in capsys.readouterr().err
+    assert main(["compress", str(series), str(mdc), "--mode", "lossless", "--model", "gdn-hyperprior",
+                 "--no-progress"]) == 0  # the image default names the volume default here
+    assert main(["compress", str(series), str(mdc), "--mode", "lossless", "--model", "dpu-hyperprior",
+                 "--no-progress"]) == 1
+    assert "not a volume model" in capsys.readouterr().err
+    assert main(["compress", str(series), str(mdc), "--mode", "lossless", "--no-progress"]) == 1  # exists
+    out = tmp_path / "back"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    assert main(["decompress", str(mdc), str(out), "--no-progress"]) == 1  # exists: untouched
+    assert (out / "keep.txt").read_text() == "user data"
+    data = mdc.read_bytes()
+    bad = tmp_path / "bad.mdc"
+    bad.write_bytes(data[:-40] + bytes([data[-40] ^ 0x55]) + data[-39:])
+    capsys.readouterr()
+    assert main(["decompress", str(bad), str(tmp_path / "b2"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and not (tmp_path / "b2").exists()
+
+
+def test_model_mismatch_refused(tiny_zoo, series, tmp_path, monkeypatch, capsys):
+    mdc = tmp_path / "vol.mdc"
+    assert main(["compress", str(series), str(mdc), "--mode", "lossless", "--no-progress"]) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    pred = tiny_predictor(seed=9)
+    save_package(other / "mlp3d-pyramid.npz", pred.net, pred.sampling)
+    sha = hashlib.sha256((other / "mlp3d-pyramid.npz").read_bytes()).hexdigest()
+    (other / "zoo.json").write_text(json.dumps({"mlp3d-pyramid": {"volume": {"package_sha256": sha}}}))
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", other)
+    assert main(["decompress", str(mdc), str(tmp_path / "o"), "--no-progress"]) == 1
+    assert "model mismatch" in capsys.readouterr().err
+
+
+def test_committed_predictor_round_trip():
+    """The committed package loads (sha256 checked) and codes a small volume bit-exact."""
+    pred, sha = zoo.load_volume_predictor("mlp3d-pyramid")
+    assert len(pred.net.layers) == 5 and [lay.weight.shape[0] for lay in pred.net.layers] == [1024, 512, 256, 128, 1]
+    vol = smooth_volume(shape=(4, 24, 24))
+    data = V.compress_volume(vol, pred, model="mlp3d-pyramid", package_sha256=sha, bits_stored=12, signed=False,
+                             source="npy")
+    _, out, _ = V.decompress_volume(data, pred)
+    assert np.array_equal(out, vol)
+
+
+def test_volume_eval_small(tiny_zoo, series, tmp_path):
+    js = tmp_path / "ve.json"
+    rc = main(["volume-eval", str(series), "--json", str(js), "--no-progress"])
+    assert rc == 0
+    rec = json.loads(js.read_text())["records"][0]
+    m = rec["methods"]
+    assert {"mlp3d-pyramid", "residual-only", "jpegls"} <= set(m) and not rec["errors"]
+    assert m["mlp3d-pyramid"]["0"]["max_error"] == 0 and m["mlp3d-pyramid"]["4"]["max_error"] <= 4
+    assert len(m["mlp3d-pyramid"]["0"]["slice_bpp"]) == 5
+
+
+def test_train_smoke(tmp_path):
+    from models.mlp3d import SERIES
+
+    data = tmp_path / "data"
+    for i, rel in enumerate(SERIES.values()):
+        write_series(data / rel, smooth_volume(shape=(6, 16, 16), seed=i))
+    out = tmp_path / "run"
+    assert main(["train-mlp3d", "--data", str(data), "--out", str(out), "--steps", "3", "--batch", "16",
+                 "--samples-per-slice", "50", "--train-slices", "4", "--hidden", "8,4", "--no-progress",
+                 "--threads", "1"]) == 0
+    rec = json.loads((out / "mlp3d-pyramid.json").read_text())
+    assert rec["hidden"] == [8, 4] and rec["quant"]["fp_in"] == 7 and rec["quant"]["layers"][-1]["fp_out"] == 7
+    pred = V.load_predictor(out / "mlp3d-pyramid.npz")
+    assert pred.sampling == "pyramid"
+
+
+def test_demo_volume_section(tiny_zoo, series, tmp_path, capsys):
+    from pipelines.demo import volume_section
+
+    volume_section(series, tmp_path)
+    text = capsys.readouterr().out
+    assert "byte for byte" in text and "residual layer alone" in text and "JXL" in text
