@@ -48,7 +48,7 @@ from codec.errors import MedcodecError
 from codec.fixednet import LEAKY_DEN, LEAKY_NUM, FixedNet
 from codec.intconv import round_half_up, saturate
 
-__all__ = ["SAMPLINGS", "DEPTH", "VolumeError", "VolumePredictor", "choose_shift", "features", "encode_volume",
+__all__ = ["SAMPLINGS", "DEPTH", "PreviousSlice", "VolumeError", "VolumePredictor", "choose_shift", "features", "encode_volume",
            "decode_volume", "load_predictor", "pack_meta", "unpack_meta"]
 
 #: (slice offset dz, window side) per sampling, nearest slice first
@@ -182,6 +182,18 @@ class VolumePredictor:
         return out
 
 
+class PreviousSlice:
+    """The zero-parameter reference predictor: slice s-1 as decoded is x_hat of slice s (no network; the
+    residual layer's blend still mixes it with the causal intra-slice predictors)."""
+
+    sampling = "previous-slice"
+    #: what a file made with it records as its package hash (there are no weights)
+    SHA256 = "0" * 63 + "1"
+
+    def predict(self, prev: np.ndarray, shift: int, lo: int, hi: int) -> np.ndarray:
+        return np.asarray(prev[0], dtype=np.int64).copy()
+
+
 def _previous(recon: list[np.ndarray], s: int, lo: int, shape) -> np.ndarray:
     prev = np.full((DEPTH,) + tuple(shape), lo, dtype=np.int64)
     for i in range(DEPTH):
@@ -190,7 +202,7 @@ def _previous(recon: list[np.ndarray], s: int, lo: int, shape) -> np.ndarray:
     return prev
 
 
-def encode_volume(vol: np.ndarray, predictor: VolumePredictor, *, max_error: int = 0, shift: int | None = None,
+def encode_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *, max_error: int = 0, shift: int | None = None,
                   progress=None) -> tuple[list[bytes], dict]:
     """Code a volume (S, H, W) of integers slice by slice; returns (one residual stream per slice, info).
 
@@ -216,7 +228,7 @@ def encode_volume(vol: np.ndarray, predictor: VolumePredictor, *, max_error: int
     return streams, {"shift": shift, "lo": lo, "hi": hi}
 
 
-def decode_volume(streams: list[bytes], predictor: VolumePredictor, *, rows: int, cols: int, dtype,
+def decode_volume(streams: list[bytes], predictor: VolumePredictor | PreviousSlice, *, rows: int, cols: int, dtype,
                   shift: int, lo: int, hi: int, progress=None) -> np.ndarray:
     """The inverse of :func:`encode_volume`: (S, rows, cols) of ``dtype``."""
     out = np.empty((len(streams), rows, cols), dtype=dtype)
@@ -307,7 +319,7 @@ def is_volume(head: dict) -> bool:
     return isinstance(head, dict) and head.get("kind") == KIND
 
 
-def compress_volume(vol: np.ndarray, predictor: VolumePredictor, *, model: str, package_sha256: str,
+def compress_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *, model: str, package_sha256: str,
                     bits_stored: int, signed: bool, source: str = "dicom", metas: list[bytes] | None = None,
                     names: list[str] | None = None, max_error: int = 0, progress=None) -> bytes:
     """A volume (S, H, W) -> the bytes of a ``.mdc`` file (HEAD kind "volume", one RESD per slice)."""
@@ -358,7 +370,7 @@ def read_volume(data: bytes):
     return h, metas, c.residuals
 
 
-def decompress_volume(data: bytes, predictor: VolumePredictor, progress=None):
+def decompress_volume(data: bytes, predictor: VolumePredictor | PreviousSlice, progress=None):
     """(HEAD, volume (S, H, W), per-slice metadata or None); every slice checked against its stream."""
     h, metas, streams = read_volume(data)
     vol = decode_volume(streams, predictor, rows=h["rows"], cols=h["cols"], dtype=np.dtype(h["dtype"]),

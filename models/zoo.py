@@ -152,6 +152,8 @@ def load_model(name: str = "gdn-hyperprior", quality: int = 1, weights_dir=None,
 VOLUME_ZOO: dict[str, dict] = {
     "mlp3d-pyramid": {"checkpoint": "mlp3d-pyramid.pt", "package": "mlp3d-pyramid.npz"},
     "mlp3d-cube": {"checkpoint": "mlp3d-cube.pt", "package": "mlp3d-cube.npz"},
+    #: no weights: the previous decoded slice is the prediction (the reference the MLP has to beat)
+    "prev-slice": {"checkpoint": None, "package": None},
 }
 
 
@@ -163,8 +165,10 @@ def volume_hashes(name: str, weights_dir=None) -> dict:
 
 def load_volume_predictor(name: str = "mlp3d-pyramid", weights_dir=None):
     """(``codec.volume.VolumePredictor``, package sha256) of a committed volume model, hash checked."""
-    from codec.volume import load_predictor
+    from codec.volume import PreviousSlice, load_predictor
 
+    if name in VOLUME_ZOO and VOLUME_ZOO[name]["package"] is None:
+        return PreviousSlice(), PreviousSlice.SHA256
     h = volume_hashes(name, weights_dir)
     path = Path(weights_dir or WEIGHTS_DIR) / VOLUME_ZOO[name]["package"]
     if not h.get("package_sha256"):

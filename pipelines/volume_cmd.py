@@ -133,8 +133,9 @@ def _run_train(args) -> int:
         from quantize.mlp3d_int8 import export_int8
     except ImportError as exc:
         raise MedcodecError(f"training needs torch: {exc}") from None
-    if args.model not in zoo.VOLUME_ZOO:
-        raise MedcodecError(f"{args.model}: not a volume model ({', '.join(sorted(zoo.VOLUME_ZOO))})")
+    trainable = sorted(k for k, v in zoo.VOLUME_ZOO.items() if v["package"])
+    if args.model not in trainable:
+        raise MedcodecError(f"{args.model}: not a trainable volume model ({', '.join(trainable)})")
     if args.steps < 1 or args.batch < 1 or not 2 <= args.train_slices <= 19:
         raise MedcodecError("--steps and --batch must be positive, --train-slices in 2..19")
     cfg = TrainConfig(out=args.out or f"runs/{args.model}", model=args.model, data=args.data,
@@ -184,8 +185,11 @@ def dpu_estimate(model: str, rows: int, cols: int) -> dict:
 
 def evaluate_series(folder: Path, models: list[str], levels=LEVELS, with_classical: bool = True,
                     holdout_from: int = 12, progress: bool = False) -> dict:
-    """Lossless and near-lossless bpp of the volume models, the residual layer alone and the classical
-    codecs on one series, every decode verified; through real files for the volume models."""
+    """Lossless and near-lossless bpp of the volume models, the residual layer alone, the previous slice as
+    x_hat and the classical codecs on one series, every decode verified; through real files for the volume
+    models. ``bpp`` counts coded pixel data only for every method (the volume models' slice streams; bare
+    codestreams for the classical codecs); ``file_bpp`` is the whole .mdc with its HEAD and the deflated
+    DICOM metadata of every slice."""
     from pipelines.residual_eval import _classical
 
     ser = read_series(folder)
@@ -212,8 +216,10 @@ def evaluate_series(folder: Path, models: list[str], levels=LEVELS, with_classic
                     fail(model, f"D={d}", f"max error {err} > {d}")
                 _, _, streams = V.read_volume(mdc.read_bytes())
                 per, held = slice_bpp(streams)
+                coded = sum(len(st) for st in streams)  # the slices' streams, as for the other methods
                 rec["methods"].setdefault(model, {})[str(d)] = {
-                    "bytes": r["bytes"], "bpp": 8 * r["bytes"] / n, "max_error": err, "encode_s": r["encode_s"],
+                    "bytes": coded, "bpp": 8 * coded / n, "file_bytes": r["bytes"], "file_bpp": 8 * r["bytes"] / n,
+                    "max_error": err, "encode_s": r["encode_s"],
                     "decode_s": dr["decode_s"], "slice_bpp": per, "holdout_bpp": held}
     # the residual layer alone, slice by slice (what `medcodec compress --mode lossless` codes per image)
     for d in (0,) + tuple(levels):
@@ -230,7 +236,29 @@ def evaluate_series(folder: Path, models: list[str], levels=LEVELS, with_classic
         rec["methods"].setdefault("residual-only", {})[str(d)] = {
             "bytes": sum(len(s) for s in streams), "bpp": 8 * sum(len(s) for s in streams) / n, "max_error": err,
             "encode_s": enc_s, "decode_s": dec_s, "slice_bpp": per, "holdout_bpp": held}
-    rec["dpu"] = {m: dpu_estimate(m, vol.shape[1], vol.shape[2]) for m in models}
+    # a zero-parameter reference: the previous slice (as decoded) as x_hat, through the same residual layer
+    for d in (0,) + tuple(levels):
+        t0 = time.perf_counter()
+        streams, prev = [], None
+        for s in range(vol.shape[0]):
+            enc = residual.encode(vol[s], x_hat=prev, max_error=d)
+            streams.append(enc.data)
+            prev = np.asarray(enc.recon, dtype=vol.dtype)
+        enc_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        dec, prev = [], None
+        for st in streams:
+            prev = residual.decode(st, x_hat=prev, shape=vol.shape[1:], dtype=vol.dtype)
+            dec.append(prev)
+        dec_s = time.perf_counter() - t0
+        err = int(np.abs(np.stack(dec).astype(np.int64) - vol).max())
+        if err > d:
+            fail("previous-slice", f"D={d}", f"max error {err} > {d}")
+        per, held = slice_bpp(streams)
+        rec["methods"].setdefault("previous-slice", {})[str(d)] = {
+            "bytes": sum(len(s) for s in streams), "bpp": 8 * sum(len(s) for s in streams) / n, "max_error": err,
+            "encode_s": enc_s, "decode_s": dec_s, "slice_bpp": per, "holdout_bpp": held}
+    rec["dpu"] = {m: dpu_estimate(m, vol.shape[1], vol.shape[2]) for m in models if zoo.VOLUME_ZOO[m]["package"]}
     if with_classical:
         c = _classical(vol, ser.bits_stored, ser.signed, levels, fail)
         for name, v in c["lossless"].items():
@@ -244,22 +272,25 @@ def format_volume_table(records: list[dict], levels=LEVELS) -> str:
     lines = []
     for rec in records:
         m = rec["methods"]
-        best = min((v["0"]["bpp"], k) for k, v in m.items()
-                   if "0" in v and k not in zoo.VOLUME_ZOO and k != "residual-only")
+        classical_ = [(v["0"]["bpp"], k) for k, v in m.items()
+                      if "0" in v and k not in zoo.VOLUME_ZOO and k not in ("residual-only", "previous-slice")]
+        best = min(classical_) if classical_ else None
         lines.append(f"\n{rec['series']} ({rec['modality']}, {'x'.join(map(str, rec['shape']))}, "
-                     f"{rec['bits_stored']}-bit): lossless bpp (vs best classical {best[1]} {best[0]:.3f})")
+                     f"{rec['bits_stored']}-bit): lossless bpp"
+                     + (f" (vs best classical {best[1]} {best[0]:.3f})" if best else ""))
         lines.append("| method | bpp | vs best | held-out slices bpp | encode s | decode s | "
                      + " | ".join(f"D={d} bpp" for d in levels) + " |")
         lines.append("|---" * (6 + len(levels)) + "|")
+        nan = float("nan")
         for k, v in m.items():
-            if "0" not in v:
-                v0 = {"bpp": float("nan"), "encode_s": float("nan"), "decode_s": float("nan")}
-            else:
-                v0 = v["0"]
+            v0 = v.get("0", {"bpp": nan, "encode_s": nan, "decode_s": nan})
             held = v0.get("holdout_bpp")
             near = " | ".join(f"{v[str(d)]['bpp']:.3f}" if str(d) in v else "" for d in levels)
-            lines.append(f"| {k} | {v0['bpp']:.3f} | {100 * (v0['bpp'] / best[0] - 1):+.1f} % | "
-                         f"{'' if held is None else f'{held:.3f}'} | {v0['encode_s']:.2f} | {v0['decode_s']:.2f} | {near} |")
+            vs = f"{100 * (v0['bpp'] / best[0] - 1):+.1f} %" if best else ""
+            lines.append(f"| {k} | {v0['bpp']:.3f} | {vs} | {'' if held is None else f'{held:.3f}'} | "
+                         f"{v0['encode_s']:.2f} | {v0['decode_s']:.2f} | {near} |")
+            if "file_bpp" in v0:
+                lines.append(f"| {k}: the whole .mdc file | {v0['file_bpp']:.3f} | | | | | |")
         for k, d in rec.get("dpu", {}).items():
             lines.append(f"{k} on the DPU (roofline): {d['slice_ms']:.0f} ms per {d['slice_shape'][0]}x"
                          f"{d['slice_shape'][1]} slice ({d['macs_per_slice'] / 1e9:.0f} GMAC; {d['verdict']})")
@@ -273,7 +304,7 @@ def _run_eval(args) -> int:
 
     data = Path(args.data) if args.data else Path(__file__).resolve().parents[1].parent / "shared" / "data"
     dirs = _series_dirs(data, args.series)
-    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    models = [m.strip() for m in args.model.split(",") if m.strip() and m.strip() != "none"]
     for m in models:
         if m not in zoo.VOLUME_ZOO:
             raise MedcodecError(f"{m}: not a volume model")
@@ -324,7 +355,8 @@ def register(sub) -> None:
                                    "lossless and near-lossless (D = 1, 2, 4); bpp, held-out-slice bpp, speed.")
     e.add_argument("series", nargs="*", help="series folders (default: the CT and MR series of ../shared/data)")
     e.add_argument("--data", default=None, help="data directory for the default series")
-    e.add_argument("--model", default=DEFAULT_MODEL, help="volume models, comma-separated (default mlp3d-pyramid)")
+    e.add_argument("--model", default=DEFAULT_MODEL, help="volume models, comma-separated, or none (only the references and the classical "
+                                         "codecs) (default mlp3d-pyramid)")
     e.add_argument("--json", default=None, help="write the records here")
     e.add_argument("--no-classical", action="store_true", help="skip the classical codecs")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -49,7 +49,7 @@ def test_lossless_series_round_trip_byte_exact(tiny_zoo, series, tmp_path, capsy
     assert main(["decompress", str(mdc), str(out), "--no-progress"]) == 0
     names = sorted(p.name for p in series.iterdir())
     assert sorted(p.name for p in out.iterdir()) == names
-    for n in names:  # every slice: the original file, byte for byte (keeps its SOP Instance UID, not lossy)
+    for n in names:  # explicit VR sources come back byte for byte (SOP Instance UID kept, not lossy)
         assert (out / n).read_bytes() == (series / n).read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
 
@@ -124,6 +124,11 @@ def test_volume_eval_small(tiny_zoo, series, tmp_path):
     assert {"mlp3d-pyramid", "residual-only", "jpegls"} <= set(m) and not rec["errors"]
     assert m["mlp3d-pyramid"]["0"]["max_error"] == 0 and m["mlp3d-pyramid"]["4"]["max_error"] <= 4
     assert len(m["mlp3d-pyramid"]["0"]["slice_bpp"]) == 5
+    assert m["mlp3d-pyramid"]["0"]["file_bpp"] > m["mlp3d-pyramid"]["0"]["bpp"]  # HEAD + metadata on top
+    assert m["previous-slice"]["2"]["max_error"] <= 2
+    assert main(["volume-eval", str(series), "--model", "none", "--no-classical", "--json", str(js),
+                 "--no-progress"]) == 0
+    assert set(json.loads(js.read_text())["records"][0]["methods"]) == {"residual-only", "previous-slice"}
 
 
 def test_train_smoke(tmp_path):
@@ -147,4 +152,16 @@ def test_demo_volume_section(tiny_zoo, series, tmp_path, capsys):
 
     volume_section(series, tmp_path)
     text = capsys.readouterr().out
-    assert "byte for byte" in text and "residual layer alone" in text and "JXL" in text
+    assert "pixels and elements identical" in text and "residual layer alone" in text and "JXL" in text
+
+
+def test_prev_slice_model_round_trip(series, tmp_path, capsys):
+    """The zero-parameter reference model: no weights, the previous decoded slice as x_hat."""
+    mdc, out = tmp_path / "vol.mdc", tmp_path / "back"
+    assert main(["compress", str(series), str(mdc), "--mode", "lossless", "--model", "prev-slice",
+                 "--no-progress"]) == 0
+    assert main(["decompress", str(mdc), str(out), "--no-progress"]) == 0
+    for f in series.iterdir():
+        assert (out / f.name).read_bytes() == f.read_bytes()
+    assert main(["train-mlp3d", "--model", "prev-slice"]) == 1
+    assert "not a trainable volume model" in capsys.readouterr().err
