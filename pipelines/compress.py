@@ -49,8 +49,8 @@ def register(sub) -> None:
                    help="the .mdc file, or a folder when IN is a folder (a folder IN and an OUT named *.mdc: the "
                         "folder is one series, coded as one volume with --mode lossless / near-lossless)")
     p.add_argument("--model", default=IMAGE_DEFAULT_MODEL,
-                   help="codec model (default gdn-hyperprior; for a series folder -> one .mdc: mlp3d-pyramid (default), "
-                        "mlp3d-cube or prev-slice)")
+                   help="codec model (default gdn-hyperprior; for a series folder -> one .mdc: prev-slice (default), "
+                        "mlp3d-pyramid or mlp3d-cube, seed 001's int8 MLP)")
     p.add_argument("--quality", type=int, default=3, help="rate point 1 (smallest) .. 4 (best) (default 3)")
     p.add_argument("--backend", choices=BACKENDS, default="float",
                    help="float (torch), rewritten (exact DPU rewrites, torch) or int8 (the DPU's integers, "

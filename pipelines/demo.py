@@ -171,13 +171,13 @@ def volume_section(folder: Path, out: Path) -> dict:
     ser = read_series(folder)
     vol = ser.volume
     print(f"\n== 5. A volume, lossless: {folder.name}/ ({vol.shape[0]} slices of {vol.shape[1]}x{vol.shape[2]}, "
-          f"{ser.modality} {ser.bits_stored}-bit) with {volume_cmd.DEFAULT_MODEL}")
+          f"{ser.modality} {ser.bits_stored}-bit) with {volume_cmd.MLP_MODEL}")
     mdc, back = out / f"{folder.name}.mdc", out / f"{folder.name}.decoded"
     if back.exists():
         import shutil
 
         shutil.rmtree(back)
-    r = volume_cmd.compress_series(folder, mdc, force=True, progress=False)
+    r = volume_cmd.compress_series(folder, mdc, model=volume_cmd.MLP_MODEL, force=True, progress=False)
     d = volume_cmd.decompress_series(mdc, back, force=True, progress=False)
     same = True
     for n in ser.names:
@@ -189,9 +189,17 @@ def volume_section(folder: Path, out: Path) -> dict:
     from codec import volume
 
     _, _, slice_streams = volume.read_volume(mdc.read_bytes())
-    rows = [(f"medcodec {volume_cmd.DEFAULT_MODEL} (slice streams)", 8 * sum(map(len, slice_streams)) / vol.size,
+    rows = [(f"medcodec {volume_cmd.MLP_MODEL} (slice streams)", 8 * sum(map(len, slice_streams)) / vol.size,
              r["encode_s"], d["decode_s"]),
             (f"  the whole .mdc (HEAD, metadata of {vol.shape[0]} slices)", r["bpp"], float("nan"), float("nan"))]
+    t0 = time.perf_counter()
+    streams, prev = [], None
+    for x in vol:
+        enc = residual.encode(x, x_hat=prev)
+        streams.append(enc.data)
+        prev = x
+    rows.append((f"medcodec {volume_cmd.DEFAULT_MODEL} (the default: slice s-1 as x_hat)",
+                 8 * sum(map(len, streams)) / vol.size, time.perf_counter() - t0, float("nan")))
     t0 = time.perf_counter()
     streams = [residual.encode(x).data for x in vol]
     rows.append(("medcodec residual layer alone", 8 * sum(map(len, streams)) / vol.size,

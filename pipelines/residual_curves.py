@@ -32,10 +32,9 @@ import time
 import numpy as np
 
 from codec import gdncodec, metrics, residual
-from codec.dicom import read_dicom
 from codec.errors import MedcodecError
 from pipelines import classical
-from pipelines.baseline import GROUPS, _mean, by_group, modality_group
+from pipelines.baseline import GROUPS, _mean, by_group
 
 LADDER = (64, 32, 16, 8, 4, 2, 1, 0)
 CURVE_QUALITIES = (1, 2, 3, 4)
@@ -147,18 +146,13 @@ def evaluate_pixels(px: np.ndarray, bits: int, signed: bool, *, model: str, back
 
 def evaluate_file(path: str, rel: str, settings: dict) -> dict:
     """One DICOM -> {"record": ...} or {"skip": reason} (``settings``: the keywords of evaluate_pixels)."""
-    try:
-        img = read_dicom(path)
-    except MedcodecError as exc:
-        return {"skip": str(exc).splitlines()[0]}
-    px = np.asarray(img.pixels)
-    if px.ndim not in (2, 3) or px.dtype.kind not in "iu" or px.dtype.itemsize > 2:
-        return {"skip": f"{path}: unsupported pixel data ({px.shape} {px.dtype})"}
+    from pipelines.residual_eval import load_record
+
+    img, px, rec = load_record(path, rel)
+    if img is None:
+        return {"skip": rec}
     t0 = time.perf_counter()
-    rec = {"path": rel, "modality": img.modality or "", "group": modality_group(img.modality),
-           "rows": int(img.rows), "cols": int(img.cols), "frames": int(img.frames),
-           "bits_stored": int(img.bits_stored), "signed": bool(img.signed), "dtype": str(px.dtype),
-           "range": [int(px.min()), int(px.max())]}
+    rec["range"] = [int(px.min()), int(px.max())]
     try:
         sections, failures = evaluate_pixels(px, img.bits_stored, img.signed, **settings)
     except MedcodecError as exc:

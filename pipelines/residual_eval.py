@@ -162,20 +162,28 @@ def evaluate_pixels(px: np.ndarray, bits: int, signed: bool, *, qualities=(2,), 
     return rec, failures
 
 
-def evaluate_file(path: str, rel: str, qualities, levels, with_classical: bool, model: str = MODEL,
-                  backend: str = "float") -> dict:
-    """One DICOM -> {"record": ...} or {"skip": reason}."""
+def load_record(path: str, rel: str):
+    """(image, pixels, the record's header) of one DICOM, or (None, None, skip reason)."""
     try:
         img = read_dicom(path)
     except MedcodecError as exc:
-        return {"skip": str(exc).splitlines()[0]}
+        return None, None, str(exc).splitlines()[0]
     px = np.asarray(img.pixels)
     if px.ndim not in (2, 3) or px.dtype.kind not in "iu" or px.dtype.itemsize > 2:
-        return {"skip": f"{path}: unsupported pixel data ({px.shape} {px.dtype})"}
-    t0 = time.perf_counter()
+        return None, None, f"{path}: unsupported pixel data ({px.shape} {px.dtype})"
     rec = {"path": rel, "modality": img.modality or "", "group": modality_group(img.modality),
            "rows": int(img.rows), "cols": int(img.cols), "frames": int(img.frames),
            "bits_stored": int(img.bits_stored), "signed": bool(img.signed), "dtype": str(px.dtype)}
+    return img, px, rec
+
+
+def evaluate_file(path: str, rel: str, qualities, levels, with_classical: bool, model: str = MODEL,
+                  backend: str = "float") -> dict:
+    """One DICOM -> {"record": ...} or {"skip": reason}."""
+    img, px, rec = load_record(path, rel)
+    if img is None:
+        return {"skip": rec}
+    t0 = time.perf_counter()
     try:
         sections, failures = evaluate_pixels(px, img.bits_stored, img.signed, qualities=qualities, levels=levels,
                                              with_classical=with_classical, model=model, backend=backend)

@@ -178,27 +178,30 @@ _CHILD = """
 import sys, numpy as np
 sys.path.insert(0, {root!r})
 from codec import volume as V
-from tests.codec.test_volume import tiny_predictor, smooth_volume
-pred = tiny_predictor()
-vol = smooth_volume()
-data = open(sys.argv[1], "rb").read()
-h, out, _ = V.decompress_volume(data, pred)
-print(int(np.array_equal(out, vol)))
+pred = V.load_predictor(sys.argv[2])
+vol = np.load(sys.argv[3])
+h, out, _ = V.decompress_volume(open(sys.argv[1], "rb").read(), pred)
+print(int(np.array_equal(out, vol)), int("torch" in sys.modules))
 """
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_decode_in_another_process_with_other_threads(pred, tmp_path, threads):
+    """Decoded in a fresh process (numpy only: no torch) with 1 and 2 BLAS threads: the same voxels."""
+    from models.mlp3d import save_package
+
     vol = smooth_volume()
     data = V.compress_volume(vol, pred, model="mlp3d-pyramid", package_sha256="0" * 64, bits_stored=12,
                              signed=False, source="npy")
-    f = tmp_path / "v.mdc"
-    f.write_bytes(data)
+    (tmp_path / "v.mdc").write_bytes(data)
+    save_package(tmp_path / "p.npz", pred.net, pred.sampling)
+    np.save(tmp_path / "v.npy", vol)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    r = subprocess.run([sys.executable, "-c", _CHILD.format(root=str(ROOT)), str(f)], capture_output=True,
-                       text=True, env=env, cwd=ROOT, timeout=120)
+    r = subprocess.run([sys.executable, "-c", _CHILD.format(root=str(ROOT)), str(tmp_path / "v.mdc"),
+                        str(tmp_path / "p.npz"), str(tmp_path / "v.npy")],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split()[0] == "1"
+    assert r.stdout.split() == ["1", "0"]
 
 
 # -- the file ---------------------------------------------------------------------------------------------------

@@ -42,9 +42,12 @@ def series(tmp_path):
     return write_series(tmp_path / "series", smooth_volume(shape=(5, 20, 24)))
 
 
-def test_lossless_series_round_trip_byte_exact(tiny_zoo, series, tmp_path, capsys):
+@pytest.mark.parametrize("model", [None, "mlp3d-pyramid"])
+def test_lossless_series_round_trip_byte_exact(tiny_zoo, series, tmp_path, capsys, model):
     mdc, out = tmp_path / "vol.mdc", tmp_path / "back"
-    assert main(["compress", str(series), str(mdc), "--mode", "lossless", "--no-progress"]) == 0
+    extra = ["--model", model] if model else []
+    assert main(["compress", str(series), str(mdc), "--mode", "lossless", "--no-progress", *extra]) == 0
+    assert V.read_volume(mdc.read_bytes())[0]["model"] == (model or "prev-slice")
     assert "5 slices of 20x24" in capsys.readouterr().out
     assert main(["decompress", str(mdc), str(out), "--no-progress"]) == 0
     names = sorted(p.name for p in series.iterdir())
@@ -57,7 +60,7 @@ def test_lossless_series_round_trip_byte_exact(tiny_zoo, series, tmp_path, capsy
 def test_near_lossless_series_marked_lossy_with_bound(tiny_zoo, series, tmp_path):
     mdc, out = tmp_path / "vol.mdc", tmp_path / "back"
     assert main(["compress", str(series), str(mdc), "--mode", "near-lossless", "--max-error", "2",
-                 "--no-progress"]) == 0
+                 "--model", "mlp3d-pyramid", "--no-progress"]) == 0
     assert main(["decompress", str(mdc), str(out), "--no-progress"]) == 0
     for f in series.iterdir():
         a, b = pydicom.dcmread(f), pydicom.dcmread(out / f.name)
@@ -92,7 +95,8 @@ def test_volume_errors_are_one_line(tiny_zoo, series, tmp_path, capsys):
 
 def test_model_mismatch_refused(tiny_zoo, series, tmp_path, monkeypatch, capsys):
     mdc = tmp_path / "vol.mdc"
-    assert main(["compress", str(series), str(mdc), "--mode", "lossless", "--no-progress"]) == 0
+    assert main(["compress", str(series), str(mdc), "--mode", "lossless", "--model", "mlp3d-pyramid",
+                 "--no-progress"]) == 0
     other = tmp_path / "other"
     other.mkdir()
     pred = tiny_predictor(seed=9)
@@ -121,7 +125,8 @@ def test_volume_eval_small(tiny_zoo, series, tmp_path):
     assert rc == 0
     rec = json.loads(js.read_text())["records"][0]
     m = rec["methods"]
-    assert {"mlp3d-pyramid", "residual-only", "jpegls"} <= set(m) and not rec["errors"]
+    assert {"mlp3d-pyramid", "residual-only", "previous-slice", "jpegls", "j2k", "jxl", "htj2k"} <= set(m)
+    assert not rec["errors"]
     assert m["mlp3d-pyramid"]["0"]["max_error"] == 0 and m["mlp3d-pyramid"]["4"]["max_error"] <= 4
     assert len(m["mlp3d-pyramid"]["0"]["slice_bpp"]) == 5
     assert m["mlp3d-pyramid"]["0"]["file_bpp"] > m["mlp3d-pyramid"]["0"]["bpp"]  # HEAD + metadata on top
@@ -153,6 +158,7 @@ def test_demo_volume_section(tiny_zoo, series, tmp_path, capsys):
     volume_section(series, tmp_path)
     text = capsys.readouterr().out
     assert "pixels and elements identical" in text and "residual layer alone" in text and "JXL" in text
+    assert "prev-slice (the default" in text and "mlp3d-pyramid (slice streams)" in text
 
 
 def test_prev_slice_model_round_trip(series, tmp_path, capsys):
