@@ -63,7 +63,8 @@ FP_OUT = 7
 QMAX = 127  # features and targets are clipped to +-127 (symmetric, so fp_in stays 7)
 MAX_SHIFT = 15
 EXACT_TERMS = 1024  # int8 x int8 products summed over <= 1024 terms are exact in float32
-ROWS_PER_CALL = 64  # rows of a slice per network call (memory: 64 x cols x features int8)
+assert LEAKY_DEN == 256  # the int32 LeakyReLU below shifts by 8
+VOXELS_PER_CALL = 8192  # voxels per network call (whole rows): keeps the intermediates in cache
 
 
 class VolumeError(MedcodecError):
@@ -130,8 +131,13 @@ def features(prev: np.ndarray, sampling: str, shift: int, lo: int, hi: int,
 
 
 def _mlp_int(net: FixedNet, x: np.ndarray) -> np.ndarray:
-    """A chain of 1x1 int8 layers on (n, F) integers: FixedLayer.forward's arithmetic, with the
-    products in float32 (exact: int8 x int8, <= 1024 terms, so every partial sum is below 2**24)."""
+    """A chain of 1x1 int8 layers on (n, F) integers: FixedLayer.forward's arithmetic, exactly.
+
+    The products run in float32 BLAS (exact: int8 x int8, <= 1024 terms, so every partial sum is an
+    integer below 2**24), the rest in int32: ``round_half_up(acc * 2**-cut)`` is
+    ``(acc + 2**(cut-1)) >> cut`` and the DPU's LeakyReLU ``round_half_up(y * 26/256)`` is
+    ``(26 y + 128) >> 8`` (a layer whose bias shift is negative takes the float64 path of the emulator).
+    """
     h = np.asarray(x, dtype=np.float32)
     fp = net.fp_in
     for layer in net.layers:
@@ -140,15 +146,37 @@ def _mlp_int(net: FixedNet, x: np.ndarray) -> np.ndarray:
             raise VolumeError("the volume predictor must be a chain of 1x1 convolutions")
         if w.shape[1] > EXACT_TERMS:
             raise VolumeError(f"a layer with {w.shape[1]} inputs is not exact in float32 (at most {EXACT_TERMS})")
-        acc = (h @ w[:, :, 0, 0].T.astype(np.float32)).astype(np.float64)
-        if layer.bias is not None:
-            acc += np.asarray(layer.bias, dtype=np.float64) * (2.0 ** (fp + layer.fp_w - layer.fp_b))
-        if layer.act == "relu":
-            acc = np.maximum(acc, 0.0)
-        y = round_half_up(acc * (2.0 ** -(fp + layer.fp_w - layer.fp_out)))
-        if layer.act == "leaky_relu":
-            y = np.where(y < 0, round_half_up(y * LEAKY_NUM / LEAKY_DEN), y)
-        h = saturate(y, net.bits).astype(np.float32)
+        wt = getattr(layer, "_wt32", None)
+        if wt is None:
+            wt = np.ascontiguousarray(w[:, :, 0, 0].T, dtype=np.float32)
+            layer._wt32 = wt  # cached on the layer: the weights never change
+        sb, cut = fp + layer.fp_w - layer.fp_b, fp + layer.fp_w - layer.fp_out
+        prod = h @ wt
+        if sb < 0 or cut < 0:  # not met by legal DPU positions of this network; the emulator's float64 path
+            acc = prod.astype(np.float64)
+            if layer.bias is not None:
+                acc += np.asarray(layer.bias, dtype=np.float64) * (2.0 ** sb)
+            if layer.act == "relu":
+                acc = np.maximum(acc, 0.0)
+            y = round_half_up(acc * (2.0 ** -cut))
+            if layer.act == "leaky_relu":
+                y = np.where(y < 0, round_half_up(y * LEAKY_NUM / LEAKY_DEN), y)
+            h = saturate(y, net.bits).astype(np.float32)
+        else:
+            acc = prod.astype(np.int32)
+            if layer.bias is not None:
+                acc += (np.asarray(layer.bias, dtype=np.int64) << sb).astype(np.int32)
+            if layer.act == "relu":
+                np.maximum(acc, 0, out=acc)
+            if cut > 0:
+                acc += 1 << (cut - 1)
+                acc >>= cut
+            if layer.act == "leaky_relu":
+                neg = acc < 0
+                acc[neg] = (acc[neg] * LEAKY_NUM + LEAKY_DEN // 2) >> 8
+            lo, hi = -(1 << (net.bits - 1)), (1 << (net.bits - 1)) - 1
+            np.clip(acc, lo, hi, out=acc)
+            h = acc.astype(np.float32)
         fp = layer.fp_out
     return h[:, 0].astype(np.int64)
 
@@ -174,8 +202,9 @@ class VolumePredictor:
         """x_hat (H, W) int64 for the slice after ``prev`` (DEPTH, H, W; s-1 first)."""
         _, h, w = prev.shape
         out = np.empty((h, w), dtype=np.int64)
-        for r0 in range(0, h, ROWS_PER_CALL):
-            r1 = min(h, r0 + ROWS_PER_CALL)
+        step = max(1, VOXELS_PER_CALL // w)
+        for r0 in range(0, h, step):
+            r1 = min(h, r0 + step)
             x, ref = features(prev, self.sampling, shift, lo, hi, slice(r0, r1))
             c = _mlp_int(self.net, x)
             out[r0:r1] = np.clip(ref + c * (1 << shift), lo, hi).reshape(r1 - r0, w)

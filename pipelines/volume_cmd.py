@@ -31,7 +31,7 @@ from codec.series import read_series
 from models import zoo
 
 #: what ``compress SERIES_DIR OUT.mdc`` uses without --model: measured on the shared CT and MR series, the
-#: previous decoded slice as x_hat codes 0.2-0.8 % smaller than seed 001's MLP and is 15-70x faster on a
+#: previous decoded slice as x_hat codes 0.2-0.8 % smaller than seed 001's MLP and is 15-20x faster on a
 #: CPU (docs/volume.md); the MLP models stay one option away
 DEFAULT_MODEL = "prev-slice"
 #: seed 001's predictor: what train-mlp3d trains, volume-eval measures and the demo shows

@@ -97,6 +97,35 @@ def test_int8_mlp_matches_emulator_and_fake_quant(pred):
     assert np.array_equal(fast, ref.astype(np.int64))
 
 
+@pytest.mark.parametrize("fps", [(7, 11, 11, 7, "leaky_relu"), (7, 8, 15, 15, "relu"), (7, 6, 9, 13, "none"),
+                                 (7, 9, 10, 9, "leaky_relu"), (7, 6, 16, 10, "leaky_relu")])
+def test_int8_mlp_int32_path_matches_emulator(fps):
+    """The int32 requantisation (shift cut 0 and > 0, bias shift >= 0; relu, leaky, none) and the float64
+    fallback (negative bias shift) against the conv emulator, on saturating inputs and weights."""
+    from codec.fixednet import FixedLayer, FixedNet
+
+    fp_in, fp_w, fp_b, fp_out, act = fps
+    rng = np.random.default_rng(sum(fps[:4]))
+    layers = [FixedLayer("conv", rng.integers(-128, 128, (32, 40, 1, 1)).astype(np.float64),
+                         rng.integers(-128, 128, 32).astype(np.float64), fp_w, fp_b, fp_out, act=act),
+              FixedLayer("conv", rng.integers(-128, 128, (1, 32, 1, 1)).astype(np.float64),
+                         rng.integers(-128, 128, 1).astype(np.float64), 7, 7, 7)]
+    net = FixedNet(layers, fp_in)
+    x = rng.integers(-128, 128, (500, 40))
+    x[:5] = 127
+    ref = net.forward_int(x.T.reshape(1, 40, 500, 1)[0])[0, :, 0]
+    assert np.array_equal(V._mlp_int(net, x), ref.astype(np.int64))
+
+
+def test_committed_predictor_matches_emulator():
+    from models import zoo
+
+    pred, _ = zoo.load_volume_predictor("mlp3d-pyramid")
+    x = np.random.default_rng(2).integers(-127, 128, (200, V.num_features("pyramid")))
+    ref = pred.net.forward_int(x.T.reshape(1, -1, 200, 1)[0])[0, :, 0]
+    assert np.array_equal(V._mlp_int(pred.net, x), ref.astype(np.int64))
+
+
 def test_fake_quant_agrees():
     torch.manual_seed(3)
     m = MLP3D("pyramid", (16, 8))
