@@ -208,9 +208,9 @@ def volume_section(folder: Path, out: Path) -> dict:
         if name in classical.CODECS:
             enc = classical.encode_image(name, vol, ser.bits_stored, ser.signed)
             rows.append((f"{classical.CODECS[name].label} lossless (per slice)", enc.bpp, enc.encode_s, float("nan")))
-    print(f"  {'method':44s} {'bpp':>6} {'enc s':>6} {'dec s':>6}")
+    print(f"  {'method':54s} {'bpp':>6} {'enc s':>6} {'dec s':>6}")
     for name, bpp, es, ds in rows:
-        print(f"  {name:44s} {bpp:6.3f} {es:6.2f} {_f(ds, '6.2f')}")
+        print(f"  {name:54s} {bpp:6.3f} {_f(es, '6.2f')} {_f(ds, '6.2f')}")
     print(f"  decoded {back}/: every slice's pixels and elements identical to its original file's")
     return {"rows": rows}
 
