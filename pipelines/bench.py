@@ -20,6 +20,7 @@ import numpy as np
 
 from codec.dicom import merge_dicom, read_dicom, split_dicom
 from codec.entropy import decode, encode, gaussian_tables
+from codec.errors import MedcodecError
 from codec.fileio import atomic_write, check_writable
 from codec.metrics import ms_ssim
 from pipelines import classical
@@ -34,6 +35,8 @@ def register(sub) -> None:
     p.add_argument("--json", required=True, metavar="OUT.json", help="where to write the results")
     p.add_argument("--data", default=str(ROOT / "samples"), help="DICOM files or a folder (default: samples/)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per entry (default 3)")
+    p.add_argument("--volume", default=str(ROOT / "volumes" / "mr_t1w_studyforrest"),
+                   help="a series folder for the volume codec ('' to skip; default volumes/mr_t1w_studyforrest)")
     p.add_argument("--force", action="store_true", help="overwrite OUT.json")
     p.set_defaults(func=run)
 
@@ -154,6 +157,33 @@ def bench_learned(files, quality: int = 3) -> dict:
     return {"images": out}
 
 
+def bench_volume(folder: Path) -> dict:
+    """Seconds and Mvoxel/s of the volume codec (each model, lossless) on one series, one run each (the MLP
+    is seconds per slice), through the same calls as ``medcodec compress SERIES_DIR OUT.mdc``."""
+    from codec import volume as V
+    from codec.series import read_series
+    from models import zoo
+
+    if not folder.is_dir():
+        return {"skipped": f"{folder}: no such series folder"}
+    vol = read_series(folder).volume
+    out = {"series": folder.name, "shape": list(vol.shape), "models": {}}
+    for model in ("prev-slice", "mlp3d-pyramid"):
+        pred, sha = zoo.load_volume_predictor(model)
+        t0 = time.perf_counter()
+        data = V.compress_volume(vol, pred, model=model, package_sha256=sha, bits_stored=16,
+                                 signed=vol.dtype.kind == "i", source="npy")
+        enc = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _, back, _ = V.decompress_volume(data, pred)
+        dec = time.perf_counter() - t0
+        if not np.array_equal(back, vol):
+            raise MedcodecError(f"{folder}: {model} did not decode bit-exact")
+        out["models"][model] = {"bpp": 8 * len(data) / vol.size, "encode_s": enc, "decode_s": dec,
+                                "encode_mvox_s": vol.size / enc / 1e6, "decode_mvox_s": vol.size / dec / 1e6}
+    return out
+
+
 def run(args) -> int:
     out = check_writable(args.json, args.force)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +195,7 @@ def run(args) -> int:
         "images": bench_images(files, args.repeat),
         "entropy_coding": bench_entropy(args.repeat),
         "learned": bench_learned(files),
+        "volume": bench_volume(Path(args.volume)) if args.volume else {"skipped": "--volume ''"},
     }
     big = np.random.default_rng(1).integers(0, 4096, (2048, 2500)).astype(np.uint16)
     result["ms_ssim_2048x2500_s"] = _time(lambda: ms_ssim(big, big // 2 * 2, 4095), 1)
@@ -187,6 +218,9 @@ def run(args) -> int:
               f"{e['container_map_cost']['psnr_db']:+.2f} dB")
     if "skipped" in result["learned"]:
         print(f"learned codec: skipped ({result['learned']['skipped']})")
+    for m, v in result["volume"].get("models", {}).items():
+        print(f"volume {result['volume']['series']} {m}: {v['bpp']:.3f} bpp, encode {v['encode_s']:.1f} s, "
+              f"decode {v['decode_s']:.1f} s ({v['encode_mvox_s']:.2f} / {v['decode_mvox_s']:.2f} Mvoxel/s)")
     print(f"ms_ssim 2048x2500: {result['ms_ssim_2048x2500_s']:.2f} s; peak RSS {result['peak_rss_mb']:.0f} MB")
     print(f"wrote {out}")
     return 0

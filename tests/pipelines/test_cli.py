@@ -85,7 +85,7 @@ def test_bench_writes_json_and_refuses_overwrite(tmp_path):
     one.mkdir()
     shutil.copy(next(p for p in sample_files() if "mr" in p.name), one)
     target = tmp_path / "bench.json"
-    assert main(["bench", "--data", str(one), "--json", str(target), "--repeat", "1"]) == 0
+    assert main(["bench", "--data", str(one), "--json", str(target), "--repeat", "1", "--volume", ""]) == 0
     result = json.loads(target.read_text())
     assert result["images"][0]["lossless"] and result["entropy_coding"]["symbols"] == 1_000_000
     before = target.read_bytes()

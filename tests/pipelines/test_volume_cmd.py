@@ -171,3 +171,12 @@ def test_prev_slice_model_round_trip(series, tmp_path, capsys):
         assert (out / f.name).read_bytes() == f.read_bytes()
     assert main(["train-mlp3d", "--model", "prev-slice"]) == 1
     assert "not a trainable volume model" in capsys.readouterr().err
+
+
+def test_bench_volume(tiny_zoo, series):
+    from pipelines.bench import bench_volume
+
+    r = bench_volume(series)
+    assert set(r["models"]) == {"prev-slice", "mlp3d-pyramid"}
+    assert all(v["bpp"] > 0 and v["encode_mvox_s"] > 0 for v in r["models"].values())
+    assert "skipped" in bench_volume(series / "missing")
