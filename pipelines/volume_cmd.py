@@ -103,6 +103,8 @@ def decompress_series(inp: Path, out: Path, *, force: bool = False, progress: bo
         head, _, _ = V.read_volume(data)
     except MedcodecError as exc:
         raise MedcodecError(f"{inp}: {exc}") from None
+    if out.suffix.lower() in (".dcm", ".dicom", ".npy", ".png", ".mdc"):
+        raise MedcodecError(f"{inp}: holds a volume of {head['frames']} slices; name an output folder, not {out.name}")
     if out.exists() and not force:
         raise OutputExistsError(out)
     if head["model"] not in zoo.VOLUME_ZOO:

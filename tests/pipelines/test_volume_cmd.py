@@ -84,6 +84,9 @@ def test_volume_errors_are_one_line(tiny_zoo, series, tmp_path, capsys):
     (out / "keep.txt").write_text("user data")
     assert main(["decompress", str(mdc), str(out), "--no-progress"]) == 1  # exists: untouched
     assert (out / "keep.txt").read_text() == "user data"
+    capsys.readouterr()
+    assert main(["decompress", str(mdc), str(tmp_path / "x.dcm"), "--no-progress"]) == 1
+    assert "name an output folder" in capsys.readouterr().err and not (tmp_path / "x.dcm").exists()
     data = mdc.read_bytes()
     bad = tmp_path / "bad.mdc"
     bad.write_bytes(data[:-40] + bytes([data[-40] ^ 0x55]) + data[-39:])
