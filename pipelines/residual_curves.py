@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from codec import gdncodec, metrics, residual
+from codec import gdncodec, metrics
 from codec.errors import MedcodecError
 from pipelines import classical
 from pipelines.baseline import GROUPS, _mean, by_group
@@ -53,20 +53,12 @@ def _quality(x: np.ndarray, y: np.ndarray, bits: int) -> dict:
 
 def _residual_point(frames, x_hats, d: int) -> tuple[int, np.ndarray, float, float, str | None]:
     """Encode + decode every frame at bound ``d``: (bytes, decoded pixels, enc s, dec s, failure)."""
-    n_bytes, enc_s, dec_s, out = 0, 0.0, 0.0, []
-    for f, x in enumerate(frames):
-        xh = None if x_hats is None else x_hats[f]
-        t0 = time.perf_counter()
-        enc = residual.encode(x, xh, d)
-        t1 = time.perf_counter()
-        dec = residual.decode(enc.data, xh, shape=x.shape, dtype=x.dtype)
-        dec_s += time.perf_counter() - t1
-        enc_s += t1 - t0
-        n_bytes += len(enc.data)
-        out.append(dec)
+    from pipelines.residual_eval import code_frames
+
+    encs, out, enc_s, dec_s = code_frames(frames, x_hats, d)
     y = out[0] if len(out) == 1 else np.stack(out)
     err = max(int(np.abs(o.astype(np.int64) - x).max()) for o, x in zip(out, frames, strict=True))
-    return n_bytes, y, enc_s, dec_s, (f"max error {err} exceeds D={d}" if err > d else None)
+    return sum(len(e.data) for e in encs), y, enc_s, dec_s, (f"max error {err} exceeds D={d}" if err > d else None)
 
 
 def _j2k_at(px, bits, signed, target, history) -> dict:

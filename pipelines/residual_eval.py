@@ -63,23 +63,31 @@ def _frames(px: np.ndarray) -> list[np.ndarray]:
     return [px] if px.ndim == 2 else list(px)
 
 
-def _residual_run(frames, x_hats, d: int) -> tuple[dict, str | None]:
-    """Encode + decode every frame at bound ``d``; (record, failure or None)."""
-    n_bytes, enc_s, dec_s, err, packed = 0, 0.0, 0.0, 0, False
+def code_frames(frames, x_hats, d: int):
+    """Encode + decode every frame at bound ``d``: (encoded streams, decoded frames, encode s, decode s)."""
+    encs, outs, enc_s, dec_s = [], [], 0.0, 0.0
     for f, x in enumerate(frames):
         xh = None if x_hats is None else x_hats[f]
         t0 = time.perf_counter()
         enc = residual.encode(x, xh, d)
         t1 = time.perf_counter()
-        out = residual.decode(enc.data, xh, shape=x.shape, dtype=x.dtype)
+        outs.append(residual.decode(enc.data, xh, shape=x.shape, dtype=x.dtype))
         dec_s += time.perf_counter() - t1
         enc_s += t1 - t0
-        n_bytes += len(enc.data)
-        packed |= enc.header.packed
+        encs.append(enc)
+    return encs, outs, enc_s, dec_s
+
+
+def _residual_run(frames, x_hats, d: int) -> tuple[dict, str | None]:
+    """Encode + decode every frame at bound ``d``; (record, failure or None)."""
+    encs, outs, enc_s, dec_s = code_frames(frames, x_hats, d)
+    err = 0
+    for x, out in zip(frames, outs, strict=True):
         if out.dtype != x.dtype or out.shape != x.shape:
             return {}, f"decoded {out.shape} {out.dtype}, expected {x.shape} {x.dtype}"
         err = max(err, int(np.abs(out.astype(np.int64) - x).max()))
-    rec = {"residual_bytes": n_bytes, "encode_s": enc_s, "decode_s": dec_s, "max_error": err, "packed": packed}
+    rec = {"residual_bytes": sum(len(e.data) for e in encs), "encode_s": enc_s, "decode_s": dec_s,
+           "max_error": err, "packed": any(e.header.packed for e in encs)}
     return rec, (f"max error {err} exceeds D={d}" if err > d else None)
 
 
