@@ -148,12 +148,15 @@ def load_model(name: str = "gdn-hyperprior", quality: int = 1, weights_dir=None,
     return model.eval()
 
 
-#: volume predictors (seed 001): name -> files in weights/; their sha256 in zoo.json under name -> "volume"
+#: volume predictors (seed 001): name -> the int8 package in weights/, its sha256 in zoo.json under
+#: name -> "volume" -> "package_sha256". Only the package ships: the float checkpoints (4 MB each) are
+#: not needed to code or decode, and `medcodec train-mlp3d` remakes them in minutes (the command, seed and
+#: their sha256 are in weights/<name>.json).
 VOLUME_ZOO: dict[str, dict] = {
-    "mlp3d-pyramid": {"checkpoint": "mlp3d-pyramid.pt", "package": "mlp3d-pyramid.npz"},
-    "mlp3d-cube": {"checkpoint": "mlp3d-cube.pt", "package": "mlp3d-cube.npz"},
+    "mlp3d-pyramid": {"package": "mlp3d-pyramid.npz"},
+    "mlp3d-cube": {"package": "mlp3d-cube.npz"},
     #: no weights: the previous decoded slice is the prediction (the reference the MLP has to beat)
-    "prev-slice": {"checkpoint": None, "package": None},
+    "prev-slice": {"package": None},
 }
 
 

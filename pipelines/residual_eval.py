@@ -346,34 +346,28 @@ def format_table(aggregates: dict, levels=LEVELS) -> str:
 # --------------------------------------------------------------------------- the command
 
 
-def _levels(text: str) -> tuple[int, ...]:
+def _ints(text: str, lo: int, hi: int, what: str, *, distinct: bool = False, nonempty: bool = False) -> tuple[int, ...]:
+    """A comma-separated list of integers in lo..hi for argparse (a usage error otherwise)."""
     try:
         vals = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if any(not 1 <= v <= residual.MAX_ERROR_LIMIT for v in vals):
-        raise argparse.ArgumentTypeError(f"bounds must be in 1..{residual.MAX_ERROR_LIMIT}")
+    if (nonempty and not vals) or any(not lo <= v <= hi for v in vals) or (distinct and len(set(vals)) != len(vals)):
+        raise argparse.ArgumentTypeError(what)
     return vals
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    return _ints(text, 1, residual.MAX_ERROR_LIMIT, f"bounds must be in 1..{residual.MAX_ERROR_LIMIT}")
 
 
 def _ladder(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or any(not 0 <= v <= residual.MAX_ERROR_LIMIT for v in vals) or len(set(vals)) != len(vals):
-        raise argparse.ArgumentTypeError(f"distinct bounds in 0..{residual.MAX_ERROR_LIMIT} (0 = lossless)")
-    return vals
+    return _ints(text, 0, residual.MAX_ERROR_LIMIT, f"distinct bounds in 0..{residual.MAX_ERROR_LIMIT} (0 = lossless)",
+                 distinct=True, nonempty=True)
 
 
 def _qualities(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if any(v < 1 for v in vals) or len(set(vals)) != len(vals):
-        raise argparse.ArgumentTypeError("distinct qualities >= 1")
-    return vals
+    return _ints(text, 1, 1 << 30, "distinct qualities >= 1", distinct=True)
 
 
 def register(sub) -> None:
