@@ -17,25 +17,11 @@ import pytest
 from codec import container, gdncodec, residual
 from codec.dicom import read_dicom
 from codec.errors import MedcodecError
-from models import zoo
 from pipelines import compress as compress_cmd
 from pipelines.cli import main
 from tests.conftest import sample_files
-from tests.pipelines.test_compress import _build_zoo
 
 MR = next(p for p in sample_files() if "mr_" in p.name)  # the smallest sample (384 x 274)
-
-
-@pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory):
-    return _build_zoo(tmp_path_factory.mktemp("zoo"))
-
-
-@pytest.fixture
-def tiny_zoo(weights_dir, monkeypatch):
-    monkeypatch.setattr(zoo, "WEIGHTS_DIR", weights_dir)
-    monkeypatch.setattr(compress_cmd, "_CACHE", {})
-    return weights_dir
 
 
 @pytest.mark.parametrize("layer", [None, "learned"])
