@@ -151,10 +151,11 @@ def encode_output(head: dict, pixels: np.ndarray, meta: bytes | None, compressed
 def compress_file(src_path, dst, codec: CodecFor, *, force: bool = False,
                   png_decode: Callable[[bytes], np.ndarray] | None = None, mode: str = "lossy",
                   max_error: int | None = None, target_psnr: float | None = None,
-                  lossy_layer: str | None = None) -> dict:
+                  lossy_layer: str | None = None, residual_predictor: str = "ls") -> dict:
     """One image file -> a ``.mdc`` file; ``codec()`` gives the networks and the package.
 
-    ``mode`` / ``max_error`` / ``target_psnr`` / ``lossy_layer``: as :func:`codec.gdncodec.compress`;
+    ``mode`` / ``max_error`` / ``target_psnr`` / ``lossy_layer`` / ``residual_predictor``: as
+    :func:`codec.gdncodec.compress`;
     ``lossy_layer`` None is the mode's default (:func:`codec.gdncodec.default_lossy_layer`: the
     learned layer for lossy, none for lossless and near-lossless). Without a lossy layer ``codec``
     is not called.
@@ -167,7 +168,7 @@ def compress_file(src_path, dst, codec: CodecFor, *, force: bool = False,
     timing = gdncodec.Timing()
     t0 = time.perf_counter()
     data = gdncodec.compress(src, nets, pkg, timing=timing, mode=mode, max_error=max_error,
-                             target_psnr=target_psnr, lossy_layer=layer)
+                             target_psnr=target_psnr, lossy_layer=layer, residual_predictor=residual_predictor)
     enc_s = time.perf_counter() - t0
     atomic_write(dst, data, force=force)
     head = container.read_container(data).head

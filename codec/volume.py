@@ -232,11 +232,13 @@ def _previous(recon: list[np.ndarray], s: int, lo: int, shape) -> np.ndarray:
 
 
 def encode_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *, max_error: int = 0, shift: int | None = None,
-                  progress=None) -> tuple[list[bytes], dict]:
+                  progress=None, residual_predictor: str = "ls") -> tuple[list[bytes], dict]:
     """Code a volume (S, H, W) of integers slice by slice; returns (one residual stream per slice, info).
 
     ``max_error`` 0: lossless; D >= 1: every voxel within D (later slices are predicted from the
-    reconstruction the decoder will have). ``info``: shift, lo, hi, and the reconstruction check.
+    reconstruction the decoder will have). ``residual_predictor``: the residual layer's predictor
+    (``residual.PREDICTORS``; with "ls" the previous slice's prediction joins its least-squares
+    features: a 3-D least-squares predictor). ``info``: shift, lo, hi, and the reconstruction check.
     """
     vol = np.asarray(vol)
     if vol.ndim != 3 or vol.dtype.kind not in "iu" or vol.shape[0] < 1:
@@ -249,7 +251,8 @@ def encode_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *
     streams = []
     for s in range(vol.shape[0]):
         xh = None if s == 0 else predictor.predict(_previous(recon, s, lo, vol.shape[1:]), shift, lo, hi)
-        enc = residual.encode(vol[s], x_hat=None if xh is None else xh.astype(vol.dtype), max_error=max_error)
+        enc = residual.encode(vol[s], x_hat=None if xh is None else xh.astype(vol.dtype), max_error=max_error,
+                              predictor=residual_predictor)
         streams.append(enc.data)
         recon.append(np.asarray(enc.recon, dtype=np.int64))
         if progress is not None:
@@ -350,14 +353,16 @@ def is_volume(head: dict) -> bool:
 
 def compress_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *, model: str, package_sha256: str,
                     bits_stored: int, signed: bool, source: str = "dicom", metas: list[bytes] | None = None,
-                    names: list[str] | None = None, max_error: int = 0, progress=None) -> bytes:
+                    names: list[str] | None = None, max_error: int = 0, progress=None,
+                    residual_predictor: str = "ls") -> bytes:
     """A volume (S, H, W) -> the bytes of a ``.mdc`` file (HEAD kind "volume", one RESD per slice)."""
     from codec import container
 
     if not 0 <= max_error <= residual.MAX_ERROR_LIMIT:
         raise VolumeError(f"max error must be in 0..{residual.MAX_ERROR_LIMIT}, got {max_error}")
     vol = np.asarray(vol)
-    streams, info = encode_volume(vol, predictor, max_error=max_error, progress=progress)
+    streams, info = encode_volume(vol, predictor, max_error=max_error, progress=progress,
+                                  residual_predictor=residual_predictor)
     names = list(names) if names is not None else [f"slice_{i:04d}{'.dcm' if source == 'dicom' else '.npy'}"
                                                      for i in range(vol.shape[0])]
     head = {"model": model, "checkpoint_sha256": package_sha256, "kind": KIND, "rows": int(vol.shape[1]),

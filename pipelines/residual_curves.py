@@ -51,11 +51,11 @@ def _quality(x: np.ndarray, y: np.ndarray, bits: int) -> dict:
     return {"psnr_range": metrics.psnr_range(x, y), "psnr_bits": metrics.psnr_bits(x, y, bits), "max_error": err}
 
 
-def _residual_point(frames, x_hats, d: int) -> tuple[int, np.ndarray, float, float, str | None]:
+def _residual_point(frames, x_hats, d: int, predictor: str = "ls") -> tuple[int, np.ndarray, float, float, str | None]:
     """Encode + decode every frame at bound ``d``: (bytes, decoded pixels, enc s, dec s, failure)."""
     from pipelines.residual_eval import code_frames
 
-    encs, out, enc_s, dec_s = code_frames(frames, x_hats, d)
+    encs, out, enc_s, dec_s = code_frames(frames, x_hats, d, predictor)
     y = out[0] if len(out) == 1 else np.stack(out)
     err = max(int(np.abs(o.astype(np.int64) - x).max()) for o, x in zip(out, frames, strict=True))
     return sum(len(e.data) for e in encs), y, enc_s, dec_s, (f"max error {err} exceeds D={d}" if err > d else None)
@@ -69,7 +69,7 @@ def _j2k_at(px, bits, signed, target, history) -> dict:
 
 def evaluate_pixels(px: np.ndarray, bits: int, signed: bool, *, model: str, backend: str, qualities=CURVE_QUALITIES,
                     base_quality: int | None = 2, ladder=LADDER, with_j2k: bool = True,
-                    threads: int | None = 1) -> tuple[dict, list[dict]]:
+                    threads: int | None = 1, residual_predictor: str = "ls") -> tuple[dict, list[dict]]:
     """Every curve point of one image's stored values; (record sections, failures).
 
     ``base_quality`` None: no lossy + residual series (residual only and, with ``qualities``, lossy only).
@@ -108,7 +108,7 @@ def evaluate_pixels(px: np.ndarray, bits: int, signed: bool, *, model: str, back
         for series, x_hats, lossy_bytes in runs:
             label = "residual-only" if x_hats is None else f"lossy-q{base[0]}+residual"
             try:
-                r_bytes, y, enc_s, dec_s, bad = _residual_point(frames, x_hats, d)
+                r_bytes, y, enc_s, dec_s, bad = _residual_point(frames, x_hats, d, residual_predictor)
             except MedcodecError as exc:
                 fail(label, f"D={d}", str(exc).splitlines()[0])
                 continue

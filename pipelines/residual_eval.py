@@ -63,13 +63,14 @@ def _frames(px: np.ndarray) -> list[np.ndarray]:
     return [px] if px.ndim == 2 else list(px)
 
 
-def code_frames(frames, x_hats, d: int):
-    """Encode + decode every frame at bound ``d``: (encoded streams, decoded frames, encode s, decode s)."""
+def code_frames(frames, x_hats, d: int, predictor: str = "ls"):
+    """Encode + decode every frame at bound ``d`` with the residual ``predictor``:
+    (encoded streams, decoded frames, encode s, decode s)."""
     encs, outs, enc_s, dec_s = [], [], 0.0, 0.0
     for f, x in enumerate(frames):
         xh = None if x_hats is None else x_hats[f]
         t0 = time.perf_counter()
-        enc = residual.encode(x, xh, d)
+        enc = residual.encode(x, xh, d, predictor=predictor)
         t1 = time.perf_counter()
         outs.append(residual.decode(enc.data, xh, shape=x.shape, dtype=x.dtype))
         dec_s += time.perf_counter() - t1
@@ -78,9 +79,9 @@ def code_frames(frames, x_hats, d: int):
     return encs, outs, enc_s, dec_s
 
 
-def _residual_run(frames, x_hats, d: int) -> tuple[dict, str | None]:
+def _residual_run(frames, x_hats, d: int, predictor: str = "ls") -> tuple[dict, str | None]:
     """Encode + decode every frame at bound ``d``; (record, failure or None)."""
-    encs, outs, enc_s, dec_s = code_frames(frames, x_hats, d)
+    encs, outs, enc_s, dec_s = code_frames(frames, x_hats, d, predictor)
     err = 0
     for x, out in zip(frames, outs, strict=True):
         if out.dtype != x.dtype or out.shape != x.shape:
@@ -125,7 +126,7 @@ def _classical(px: np.ndarray, bits: int, signed: bool, levels, fail) -> dict:
 
 def evaluate_pixels(px: np.ndarray, bits: int, signed: bool, *, qualities=(2,), levels=LEVELS,
                     with_classical: bool = True, threads: int | None = 1, model: str = MODEL,
-                    backend: str = "float") -> tuple[dict, list[dict]]:
+                    backend: str = "float", residual_predictor: str = "ls") -> tuple[dict, list[dict]]:
     """All the measurements on one image's stored values; (record sections, failures)."""
     failures: list[dict] = []
 
@@ -136,7 +137,7 @@ def evaluate_pixels(px: np.ndarray, bits: int, signed: bool, *, qualities=(2,), 
     n = px.size
     rec: dict = {"residual_only": {}, "lossy_residual": {}}
     for d in (0, *levels):
-        r, bad = _residual_run(frames, None, d)
+        r, bad = _residual_run(frames, None, d, residual_predictor)
         if bad:
             fail("residual-only", f"D={d}", bad)
         if r:
@@ -157,7 +158,7 @@ def evaluate_pixels(px: np.ndarray, bits: int, signed: bool, *, qualities=(2,), 
         sec: dict = {"lossy_bytes": lossy_bytes, "lossy_bpp": 8 * lossy_bytes / n,
                      "lossy_encode_s": t1 - t0, "xhat_s": t2 - t1}
         for d in (0, *levels):
-            r, bad = _residual_run(frames, x_hats, d)
+            r, bad = _residual_run(frames, x_hats, d, residual_predictor)
             if bad:
                 fail(f"lossy-q{q}+residual", f"D={d}", bad)
             if r:
@@ -186,7 +187,7 @@ def load_record(path: str, rel: str):
 
 
 def evaluate_file(path: str, rel: str, qualities, levels, with_classical: bool, model: str = MODEL,
-                  backend: str = "float") -> dict:
+                  backend: str = "float", residual_predictor: str = "ls") -> dict:
     """One DICOM -> {"record": ...} or {"skip": reason}."""
     img, px, rec = load_record(path, rel)
     if img is None:
@@ -194,7 +195,8 @@ def evaluate_file(path: str, rel: str, qualities, levels, with_classical: bool, 
     t0 = time.perf_counter()
     try:
         sections, failures = evaluate_pixels(px, img.bits_stored, img.signed, qualities=qualities, levels=levels,
-                                             with_classical=with_classical, model=model, backend=backend)
+                                             with_classical=with_classical, model=model, backend=backend,
+                                             residual_predictor=residual_predictor)
     except MedcodecError as exc:
         sections, failures = {}, [{"method": "*", "setting": "*", "error": str(exc).splitlines()[0]}]
     rec.update(sections)
@@ -404,6 +406,9 @@ def register(sub) -> None:
                    help="--curves: bounds of the residual curves, 0 = lossless (default 64,32,16,8,4,2,1,0)")
     p.add_argument("--plots", default=None, metavar="DIR",
                    help="--curves: folder for the RD plots (default: plots/ beside OUT.json)")
+    p.add_argument("--residual-predictor", choices=residual.PREDICTORS, default="ls",
+                   help="the residual layer's predictor (default ls; blend: the fixed blend alone, as measured "
+                        "before the least-squares predictor)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="images in parallel (default 1)")
     p.add_argument("--force", action="store_true", help="overwrite an existing OUT.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -431,7 +436,8 @@ def run(args) -> int:
     t_start = time.perf_counter()
     rels = [f.relative_to(data_dir).as_posix() for f in files]
     records, skipped, failures = _evaluate_all(
-        files, rels, evaluate_file, (qualities, levels, not args.no_classical, args.model, args.backend),
+        files, rels, evaluate_file,
+        (qualities, levels, not args.no_classical, args.model, args.backend, args.residual_predictor),
         args.jobs, args.no_progress)
     aggregates = aggregate(records, levels)
     report = {
@@ -441,7 +447,8 @@ def run(args) -> int:
         "settings": {"qualities": list(qualities), "model": args.model, "backend": args.backend,
                      "levels": list(levels), "include": args.include,
                      "residual": {"num_contexts": residual.NUM_CONTEXTS, "count_step": residual.COUNT_STEP,
-                                  "count_limit": residual.COUNT_LIMIT, "stream_version": residual.STREAM_VERSION},
+                                  "count_limit": residual.COUNT_LIMIT, "stream_version": residual.STREAM_VERSION,
+                                  "predictor": args.residual_predictor},
                      "bpp": "8 * bytes / pixels; lossy+residual bytes = tile streams + residual streams",
                      "jobs": max(1, min(args.jobs, len(files))), "cpu_count": os.cpu_count()},
         "versions": {**classical.codec_versions(), "python": platform.python_version()},
@@ -470,7 +477,7 @@ def _run_curves(args, data_dir: Path, out_path: Path, files: list[Path]) -> int:
     if len(quality) > 1:
         raise MedcodecError("--curves takes one --quality: the lossy layer under the residual")
     base = None if args.no_lossy_layer else quality[0]
-    settings = {"model": args.model, "backend": args.backend,
+    settings = {"model": args.model, "backend": args.backend, "residual_predictor": args.residual_predictor,
                 "qualities": () if args.no_lossy_layer else tuple(args.curve_qualities),
                 "base_quality": base, "ladder": tuple(args.ladder), "with_j2k": not args.no_classical}
     t_start = time.perf_counter()

@@ -49,7 +49,7 @@ def _bar(total, desc, disable):
 
 
 def compress_series(inp: Path, out: Path, *, model: str = DEFAULT_MODEL, max_error: int = 0,
-                    force: bool = False, progress: bool = True) -> dict:
+                    force: bool = False, progress: bool = True, residual_predictor: str = "ls") -> dict:
     if model not in zoo.VOLUME_ZOO:
         raise MedcodecError(f"{model} is not a volume model; a series folder -> one .mdc needs one of "
                             f"{', '.join(sorted(zoo.VOLUME_ZOO))} (or give an output folder to code slice by slice)")
@@ -61,7 +61,7 @@ def compress_series(inp: Path, out: Path, *, model: str = DEFAULT_MODEL, max_err
     try:
         data = V.compress_volume(ser.volume, predictor, model=model, package_sha256=sha,
                                  bits_stored=ser.bits_stored, signed=ser.signed, metas=ser.metas, names=ser.names,
-                                 max_error=max_error, progress=step)
+                                 max_error=max_error, progress=step, residual_predictor=residual_predictor)
     finally:
         bar.close()
     enc_s = time.perf_counter() - t0

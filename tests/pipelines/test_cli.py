@@ -87,7 +87,10 @@ def test_bench_writes_json_and_refuses_overwrite(tmp_path):
     target = tmp_path / "bench.json"
     assert main(["bench", "--data", str(one), "--json", str(target), "--repeat", "1", "--volume", ""]) == 0
     result = json.loads(target.read_text())
-    assert result["images"][0]["lossless"] and result["entropy_coding"]["symbols"] == 1_000_000
+    lossless = result["images"][0]["lossless"]
+    assert result["entropy_coding"]["symbols"] == 1_000_000
+    assert {"medcodec-residual-ls", "medcodec-residual-blend", "jpegls"} <= set(lossless)
+    assert lossless["medcodec-residual-ls"]["bpp"] < lossless["medcodec-residual-blend"]["bpp"]
     before = target.read_bytes()
     assert main(["bench", "--data", str(one), "--json", str(target), "--repeat", "1"]) == 1
     assert target.read_bytes() == before

@@ -209,3 +209,44 @@ def test_residual_eval_writes_json(tiny_zoo, tmp_path, capsys):
     assert agg["methods"]["residual-only"]["0"]["mean_bpp"] == rec["residual_only"]["0"]["bpp"]
     table = capsys.readouterr().out
     assert "Lossless: mean bpp" in table and "Near-lossless D=2" in table
+
+
+def _predictors(mdc) -> set[str]:
+    return {residual.read_header(r).predictor for r in container.read_container(mdc.read_bytes()).residuals}
+
+
+def test_residual_predictor_option(tmp_path, monkeypatch):
+    """--residual-predictor reaches every RESD stream; ls is the default; both decode bit-exact."""
+    monkeypatch.setattr(compress_cmd, "load_codec", _no_model)
+    sizes = {}
+    for pred in (None, "blend", "ls"):
+        mdc, out = tmp_path / f"{pred}.mdc", tmp_path / f"{pred}.dcm"
+        argv = [] if pred is None else ["--residual-predictor", pred]
+        assert main(["compress", str(MR), str(mdc), "--mode", "lossless", *argv]) == 0
+        assert _predictors(mdc) == {pred or "ls"}
+        assert main(["decompress", str(mdc), str(out)]) == 0
+        np.testing.assert_array_equal(read_dicom(out).pixels, read_dicom(MR).pixels)
+        sizes[pred] = mdc.stat().st_size
+    assert sizes[None] == sizes["ls"] < sizes["blend"]
+
+
+def test_residual_predictor_bad_choice_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", str(MR), str(tmp_path / "x.mdc"), "--mode", "lossless", "--residual-predictor", "mrp"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert not (tmp_path / "x.mdc").exists()
+
+
+def test_residual_eval_records_its_predictor(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(MR, data)
+    bpp = {}
+    for pred in residual.PREDICTORS:
+        out = tmp_path / f"{pred}.json"
+        assert main(["residual-eval", str(data), "--json", str(out), "--no-lossy-layer", "--no-classical",
+                     "--levels", "1", "--residual-predictor", pred, "--no-progress"]) == 0
+        result = json.loads(out.read_text())
+        assert result["settings"]["residual"]["predictor"] == pred
+        bpp[pred] = result["images"][0]["residual_only"]["0"]["bpp"]
+    assert bpp["ls"] < bpp["blend"]

@@ -176,10 +176,25 @@ def test_prev_slice_model_round_trip(series, tmp_path, capsys):
     assert "not a trainable volume model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("pred", ["blend", "ls"])
+def test_residual_predictor_reaches_every_slice(series, tmp_path, pred):
+    """--residual-predictor for a series: every slice stream says which; the 3-D LS decodes byte-exact."""
+    from codec import residual
+
+    mdc, out = tmp_path / "vol.mdc", tmp_path / "back"
+    assert main(["compress", str(series), str(mdc), "--mode", "lossless", "--residual-predictor", pred,
+                 "--no-progress"]) == 0
+    _, _, streams = V.read_volume(mdc.read_bytes())
+    assert {residual.read_header(s).predictor for s in streams} == {pred}
+    assert main(["decompress", str(mdc), str(out), "--no-progress"]) == 0
+    for f in series.iterdir():
+        assert (out / f.name).read_bytes() == f.read_bytes()
+
+
 def test_bench_volume(tiny_zoo, series):
     from pipelines.bench import bench_volume
 
     r = bench_volume(series)
-    assert set(r["models"]) == {"prev-slice", "mlp3d-pyramid"}
+    assert set(r["models"]) == {"prev-slice (ls)", "prev-slice (blend)", "mlp3d-pyramid (ls)"}
     assert all(v["bpp"] > 0 and v["encode_mvox_s"] > 0 for v in r["models"].values())
     assert "skipped" in bench_volume(series / "missing")
