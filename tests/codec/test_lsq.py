@@ -14,25 +14,13 @@ import numpy as np
 import pytest
 
 from codec import lsq, residual
-from codec.dicom import read_dicom
 from codec.residual import ResidualError
+from tests.codec.test_residual import _coarse, _crop
 from tests.conftest import sample_files
 
 ROOT = Path(__file__).resolve().parents[2]
 U16 = np.iinfo(np.uint16)
 FLAGS_BYTE = 5  # magic (4 bytes), version (1 byte), then the flags byte
-
-
-def _crop(path, rows=64, cols=64) -> np.ndarray:
-    px = read_dicom(path).pixels
-    r0, c0 = (px.shape[0] - rows) // 2, (px.shape[1] - cols) // 2
-    return np.ascontiguousarray(px[r0:r0 + rows, c0:c0 + cols])
-
-
-def _coarse(x: np.ndarray, step: int = 16) -> np.ndarray:
-    """A stand-in for a lossy reconstruction: x rounded to a coarse grid (same dtype, in range)."""
-    info = np.iinfo(x.dtype)
-    return np.clip((x.astype(np.int64) // step) * step + step // 2, info.min, info.max).astype(x.dtype)
 
 
 def _smooth_plus_noise(rows=96, cols=96, seed=0) -> np.ndarray:
@@ -273,7 +261,7 @@ def _round_trip(x, x_hat, d, predictor) -> residual.Encoded:
 
 @pytest.mark.parametrize("path", sample_files(), ids=lambda p: p.stem)
 def test_round_trips_on_sample_crops(path):
-    x = _crop(path)
+    x = _crop(path, 64, 64)
     for x_hat in (None, _coarse(x)):
         for d in (0, 2):
             a = _round_trip(x, x_hat, d, "ls")
