@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from codec.dicom import read_dicom
 from pipelines.cli import COMMANDS, build_parser, main
 from tests.conftest import SAMPLES, sample_files
 
@@ -78,6 +80,13 @@ def test_demo_round_trips_samples_and_prints_baselines(tmp_path, capsys):
     assert "Lossless" in text and "JPEG-LS" in text
     assert (tmp_path / "out" / "baseline.json").is_file()
     assert len(list((tmp_path / "out").glob("*.roundtrip.dcm"))) == 1
+    assert "== 3b. medcodec lossless and near-lossless (D=2)" in text
+    # the lossless .mdc decodes to the original pixels; the near-lossless one within 2
+    original = read_dicom(sample_files()[0]).pixels
+    stem = sample_files()[0].stem
+    np.testing.assert_array_equal(read_dicom(tmp_path / "out" / f"{stem}.lossless.dcm").pixels, original)
+    near = read_dicom(tmp_path / "out" / f"{stem}.near-lossless.dcm").pixels
+    assert np.abs(near.astype(np.int64) - original).max() <= 2
 
 
 def test_bench_writes_json_and_refuses_overwrite(tmp_path):
