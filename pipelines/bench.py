@@ -216,7 +216,7 @@ def run(args) -> int:
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     atomic_write(out, (json.dumps(result, indent=2) + "\n").encode(), force=True)
     for e in result["images"]:
-        ll = ", ".join(f"{k} {v['bpp']:.2f} bpp {v['encode_mpix_s']:.1f}/{v['decode_mpix_s']:.1f} Mpx/s"
+        ll = ", ".join(f"{k} {v['bpp']:.2f} bpp {v['encode_mpix_s']:.3g}/{v['decode_mpix_s']:.3g} Mpx/s"
                        for k, v in e["lossless"].items())
         print(f"{e['file']}: read {e['read_s'] * 1e3:.1f} ms, split {e['split_s'] * 1e3:.1f} ms, "
               f"merge {e['merge_s'] * 1e3:.1f} ms; {ll}")
