@@ -73,7 +73,7 @@ def register(sub) -> None:
                         "learned")
     p.add_argument("--residual-predictor", choices=residual.PREDICTORS, default="ls",
                    help="lossless / near-lossless: the residual layer's predictor. ls (default): the blend plus a "
-                        "per-pixel least-squares predictor (3-D for a series), 2-18 %% fewer bits, about 6 times "
+                        "per-pixel least-squares predictor (3-D for a series), 0.4-18 %% fewer bits, 5-7 times "
                         "slower (about 2 s per 512x512 frame each way); blend: the fixed-predictor blend alone")
     _add_model_args(p)
     p.set_defaults(func=run_compress)
