@@ -121,3 +121,14 @@ def test_partition_report_shows_what_the_exact_rewrites_fix(tmp_path, capsys):
     assert after["h_s"]["deployable"] and after["h_s"]["cpu_ops"] == 0
     assert not after["g_a"]["deployable"] and any("square" in r for r in after["g_a"]["cpu"])
     assert "does not deploy" in capsys.readouterr().out
+
+
+def test_demo_lossless_section_without_classical_figures(tmp_path, capsys):
+    """A classical codec missing from section 3's record prints as '-', never a traceback; the .mdc still checked."""
+    from pipelines.demo import lossless_section
+
+    f = next(p for p in sample_files() if "mr_" in p.name)
+    rows = lossless_section([f], [{"path": f.name, "lossless": {"jpegls": {"bpp": 2.4}}}], tmp_path)
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith(f.name))
+    assert " - " in line and "2.400" in line
+    assert rows[0]["lossless"]["max_error"] == 0 and rows[0]["near-lossless"]["max_error"] <= 2
