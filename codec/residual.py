@@ -57,16 +57,31 @@ Stream (version 1; integers little-endian)
 
     4   magic b"MDRS"
     u8  stream version (1)
-    u8  flags: bit 0 packed, bit 1 x_hat given, bit 2 least-squares sub-predictor (bits 3-7 zero)
+    u8  flags: bit 0 packed, bit 1 x_hat given, bit 2 least-squares sub-predictor, bit 3 striped
+        (bits 4-7 zero)
     u16 max error D
     u32 rows, u32 cols
     i32 lo, i32 hi               value range of the frame (reconstructions are clipped to it)
     u32 CRC-32 of x_hat          (0 without x_hat): the decoder refuses another x_hat
     u32 CRC-32 of the reconstruction (= x in lossless mode): checked after decoding
     [packed] u32 used-value count K, u32 n, n bytes zlib(packbits(bitmap of used values lo..hi))
-    u32 number of 32-bit words, then the range-coded words (little-endian u32); nothing may follow
+    [striped] u16 stripe count S (2..16)
+    per stripe (one without bit 3): u32 number of 32-bit words, then the range-coded words
+    (little-endian u32); nothing may follow the last stripe
 
 CRCs are zlib's CRC-32 over the array's values as little-endian bytes of its own dtype, C order.
+Stripes
+-------
+A frame of at least ``2 * STRIPE_PIXELS`` (2**21) pixels is cut into ``S`` = :func:`stripe_count`
+horizontal stripes (rows ``k rows // S .. (k + 1) rows // S``; at most 16, each at least 256 rows and
+2**20 pixels), and each stripe is coded as a frame of its own (its own tables, predictor state and range
+coder; the packing table, ``lo``, ``hi`` and the CRCs stay the frame's). The stripes are encoded and
+decoded in parallel processes (``workers``, default: the CPUs the process may use, or the environment
+variable ``MEDCODEC_WORKERS``); the stream depends on the geometry only, never on the number of
+workers. This costs about 0.05 % bits on a 1-megapixel stripe (each stripe learns its statistics
+again) and divides the time of a large radiograph by up to the number of cores. Frames below 2**21
+pixels (every CT and MR slice) are one stripe, and their streams are unchanged.
+
 Every damage the decoder can see raises :class:`ResidualError` (a ``MedcodecError``) with a one-line
 message; the reconstruction CRC catches what the range coder cannot (a wrong symbol that still decodes).
 """
@@ -74,8 +89,12 @@ message; the reconstruction CRC catches what the range coder cannot (a wrong sym
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import struct
 import zlib
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import constriction
@@ -96,6 +115,8 @@ __all__ = [
     "read_header",
     "encode_for_psnr",
     "psnr_for",
+    "stripe_count",
+    "default_workers",
 ]
 
 MAGIC = b"MDRS"
@@ -112,12 +133,21 @@ MAX_SPAN = (1 << 16) - 1
 
 _HEAD = struct.Struct("<4sBBHIIiiII")
 _U32 = struct.Struct("<I")
+_U16 = struct.Struct("<H")
 _FLAG_PACKED = 1
 _FLAG_XHAT = 2
 _FLAG_LS = 4
+_FLAG_STRIPES = 8
 #: the residual layer's predictors: "ls" adds the least-squares sub-predictor (codec/lsq.py), "blend"
 #: is the fixed-predictor blend alone (5-7 times faster, 0.4-18 % more bits on the 62 shared images)
 PREDICTORS = ("ls", "blend")
+
+#: stripes: a frame of at least 2 * STRIPE_PIXELS pixels is cut into horizontal stripes of about
+#: STRIPE_PIXELS or more pixels (and at least MIN_STRIPE_ROWS rows, at most MAX_STRIPES of them),
+#: each coded on its own, so that several processes encode and decode one frame
+STRIPE_PIXELS = 1 << 20
+MIN_STRIPE_ROWS = 256
+MAX_STRIPES = 16
 
 Categorical = constriction.stream.model.Categorical
 Uniform = constriction.stream.model.Uniform
@@ -145,6 +175,7 @@ class ResidualHeader:
     xhat_crc: int
     recon_crc: int
     predictor: str = "blend"
+    stripes: int = 1
 
 
 @dataclass
@@ -446,6 +477,63 @@ def _decode_frame(words: np.ndarray, rows: int, cols: int, vmax: int, max_error:
     return eng.x[:-1].reshape(rows + 2, eng.wp)[2:, 2:-2].copy()
 
 
+# --------------------------------------------------------------------------- stripes and workers
+
+
+def stripe_count(rows: int, cols: int) -> int:
+    """How many stripes the encoder cuts a ``rows`` x ``cols`` frame into (a function of the geometry only)."""
+    return max(1, min(MAX_STRIPES, rows * cols // STRIPE_PIXELS, rows // MIN_STRIPE_ROWS))
+
+
+def _stripe_edges(rows: int, n: int) -> list[int]:
+    return [k * rows // n for k in range(n + 1)]
+
+
+def default_workers() -> int:
+    """Processes for a striped frame: ``MEDCODEC_WORKERS`` if set, else the CPUs this process may use."""
+    env = os.environ.get("MEDCODEC_WORKERS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ResidualError(f"MEDCODEC_WORKERS must be a positive integer, got {env!r}")
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _map_stripes(fn, jobs: list[tuple], workers: int | None) -> list:
+    """``[fn(*job) for job in jobs]``, in worker processes when there are several jobs and workers.
+
+    The workers are forked where the platform can (Linux: they only run numpy and constriction, and a
+    forked child does not re-run the caller's ``__main__``, which ``spawn`` does), spawned elsewhere.
+    Results come back in order; a worker that dies is a one-line :class:`ResidualError`.
+    """
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ResidualError(f"workers must be at least 1, got {workers}")
+    n = min(workers, len(jobs))
+    if n <= 1:
+        return [fn(*job) for job in jobs]
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    try:
+        with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context(method)) as pool:
+            futures = [pool.submit(fn, *job) for job in jobs]
+            return [f.result() for f in futures]
+    except BrokenProcessPool as exc:
+        raise ResidualError(f"a stripe worker process died ({exc}); MEDCODEC_WORKERS=1 codes the stripes "
+                            "in this process") from None
+
+
+def _encode_stripe(v: np.ndarray, vmax: int, max_error: int, xh: np.ndarray | None, ls: bool):
+    return _code_frame(v.astype(np.int64), vmax, max_error, xh, ls)
+
+
+def _decode_stripe(words: np.ndarray, rows: int, cols: int, vmax: int, max_error: int,
+                   xh: np.ndarray | None, ls: bool) -> np.ndarray:
+    return _decode_frame(words, rows, cols, vmax, max_error, xh, ls).astype(np.int32)
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -459,13 +547,15 @@ def _domain(x_hat, lo: int, hi: int, table: np.ndarray | None) -> np.ndarray | N
 
 
 def encode(x, x_hat=None, max_error: int = 0, *, pack: bool | None = None,
-           predictor: str = "ls") -> Encoded:
+           predictor: str = "ls", workers: int | None = None) -> Encoded:
     """Code frame ``x`` given the learned layer's ``x_hat`` (or ``None``: residual only).
 
     ``max_error`` 0 is lossless; ``D >= 1`` guarantees ``|x - decoded| <= D``. ``pack`` forces
     histogram packing on (when some value of ``lo..hi`` is unused) or off in lossless mode (default
     None: chosen by an estimate; ``pack=True`` with ``D >= 1`` is an error). ``predictor`` is one of
-    :data:`PREDICTORS`. Returns the stream and the reconstruction the decoder will produce.
+    :data:`PREDICTORS`. A frame of :func:`stripe_count` > 1 stripes is coded stripe by stripe in up
+    to ``workers`` processes (default :func:`default_workers`); the stream does not depend on
+    ``workers``. Returns the stream and the reconstruction the decoder will produce.
     """
     if predictor not in PREDICTORS:
         raise ResidualError(f"unknown residual predictor {predictor!r} (choose from {', '.join(PREDICTORS)})")
@@ -492,20 +582,29 @@ def encode(x, x_hat=None, max_error: int = 0, *, pack: bool | None = None,
                 table, blob, v = cand, cand_blob, packed_v
     vmax = hi - lo if table is None else table.size - 1
     ls = predictor == "ls"
-    words, recon_v = _code_frame(v, vmax, max_error, _domain(x_hat, lo, hi, table), ls)
+    xh = _domain(x_hat, lo, hi, table)
+    n = stripe_count(rows, cols)
+    edges = _stripe_edges(rows, n)
+    coded = _map_stripes(_encode_stripe, [
+        (v[a:b].astype(np.int32), vmax, max_error, None if xh is None else xh[a:b].astype(np.int32), ls)
+        for a, b in zip(edges[:-1], edges[1:], strict=True)], workers)
+    recon_v = np.concatenate([r for _, r in coded], axis=0)
     recon = ((table[recon_v] if table is not None else recon_v) + lo).astype(x.dtype)
     err = int(np.abs(recon.astype(np.int64) - x).max())
     if err > max_error:  # cannot happen: the quantiser bounds it; checked so that it never goes unseen
         raise ResidualError(f"internal error: reconstruction error {err} exceeds the bound {max_error}")
     header = ResidualHeader(rows, cols, max_error, lo, hi, table is not None, x_hat is not None,
-                            crc32_of(x_hat) if x_hat is not None else 0, crc32_of(recon), predictor)
+                            crc32_of(x_hat) if x_hat is not None else 0, crc32_of(recon), predictor, n)
     flags = ((_FLAG_PACKED if header.packed else 0) | (_FLAG_XHAT if header.has_xhat else 0)
-             | (_FLAG_LS if ls else 0))
+             | (_FLAG_LS if ls else 0) | (_FLAG_STRIPES if n > 1 else 0))
     parts = [_HEAD.pack(MAGIC, STREAM_VERSION, flags, max_error, rows, cols, lo, hi,
                         header.xhat_crc, header.recon_crc)]
     if table is not None:
         parts += [_U32.pack(table.size), _U32.pack(len(blob)), blob]
-    parts += [_U32.pack(words.size), words.tobytes()]
+    if n > 1:
+        parts.append(_U16.pack(n))
+    for words, _ in coded:
+        parts += [_U32.pack(words.size), words.tobytes()]
     return Encoded(b"".join(parts), recon, header)
 
 
@@ -521,7 +620,7 @@ def _parse(data: bytes) -> tuple[ResidualHeader, np.ndarray | None, int]:
         raise ResidualError("not a residual stream (bad magic)")
     if version != STREAM_VERSION:
         raise ResidualError(f"unsupported residual stream version {version} (this decoder supports 1)")
-    if flags & ~(_FLAG_PACKED | _FLAG_XHAT | _FLAG_LS):
+    if flags & ~(_FLAG_PACKED | _FLAG_XHAT | _FLAG_LS | _FLAG_STRIPES):
         raise ResidualError(f"residual stream header corrupt (unknown flags {flags:#x})")
     if rows < 1 or cols < 1 or rows * cols > MAX_PIXELS or not 0 <= hi - lo <= MAX_SPAN:
         raise ResidualError(f"residual stream header corrupt ({rows}x{cols}, range {lo}..{hi})")
@@ -553,6 +652,14 @@ def _parse(data: bytes) -> tuple[ResidualHeader, np.ndarray | None, int]:
         if table.size != k:
             raise ResidualError(f"residual stream packing table corrupt ({table.size} values, header says {k})")
         pos += n
+    if flags & _FLAG_STRIPES:
+        if len(data) - pos < 2:
+            raise ResidualError("residual stream truncated in its stripe count")
+        (stripes,) = _U16.unpack_from(data, pos)
+        pos += 2
+        if not 2 <= stripes <= min(MAX_STRIPES, rows):
+            raise ResidualError(f"residual stream header corrupt ({stripes} stripes for {rows} rows)")
+        header = ResidualHeader(**{**header.__dict__, "stripes": stripes})
     return header, table, pos
 
 
@@ -561,10 +668,11 @@ def read_header(data: bytes) -> ResidualHeader:
     return _parse(data)[0]
 
 
-def decode(data: bytes, x_hat=None, *, shape=None, dtype=None) -> np.ndarray:
+def decode(data: bytes, x_hat=None, *, shape=None, dtype=None, workers: int | None = None) -> np.ndarray:
     """Decode a stream of :func:`encode` given the same ``x_hat`` (or ``None`` for residual-only).
 
-    ``shape`` and ``dtype`` are needed without ``x_hat`` (with it, they are ``x_hat``'s). Raises
+    ``shape`` and ``dtype`` are needed without ``x_hat`` (with it, they are ``x_hat``'s). The stripes
+    of a striped stream are decoded in up to ``workers`` processes (default :func:`default_workers`). Raises
     :class:`ResidualError` when the stream is damaged, was coded against another ``x_hat``, or its
     reconstruction does not match the encoder's (CRC-32).
     """
@@ -588,17 +696,27 @@ def decode(data: bytes, x_hat=None, *, shape=None, dtype=None) -> np.ndarray:
         raise ResidualError(
             f"lossy layer mismatch: the rebuilt x_hat (CRC-32 {crc32_of(x_hat):08x}) differs from the "
             f"encoder's ({header.xhat_crc:08x}); decode with the same model and backend")
-    if len(data) - pos < 4:
-        raise ResidualError("residual stream truncated before its range-coded data")
-    (n_words,) = _U32.unpack_from(data, pos)
-    pos += 4
-    if n_words * 4 != len(data) - pos:
-        raise ResidualError(f"residual stream length wrong ({n_words * 4} bytes of coded data announced, "
-                            f"{len(data) - pos} present)")
-    words = np.frombuffer(data, dtype="<u4", count=n_words, offset=pos).astype(np.uint32)
+    stripes = []
+    for k in range(header.stripes):
+        if len(data) - pos < 4:
+            raise ResidualError("residual stream truncated before its range-coded data"
+                                + (f" (stripe {k + 1} of {header.stripes})" if header.stripes > 1 else ""))
+        (n_words,) = _U32.unpack_from(data, pos)
+        pos += 4
+        last = k == header.stripes - 1
+        if n_words * 4 > len(data) - pos or (last and n_words * 4 != len(data) - pos):
+            raise ResidualError(f"residual stream length wrong ({n_words * 4} bytes of coded data announced"
+                                + (f" in stripe {k + 1}" if header.stripes > 1 else "")
+                                + f", {len(data) - pos} present)")
+        stripes.append(np.frombuffer(data, dtype="<u4", count=n_words, offset=pos).astype(np.uint32))
+        pos += 4 * n_words
     vmax = header.hi - header.lo if table is None else table.size - 1
     xh = _domain(x_hat, header.lo, header.hi, table)
-    v = _decode_frame(words, header.rows, header.cols, vmax, header.max_error, xh, header.predictor == "ls")
+    edges = _stripe_edges(header.rows, header.stripes)
+    v = np.concatenate(_map_stripes(_decode_stripe, [
+        (words, b - a, header.cols, vmax, header.max_error, None if xh is None else xh[a:b].astype(np.int32),
+         header.predictor == "ls") for words, a, b in zip(stripes, edges[:-1], edges[1:], strict=True)], workers), axis=0)
+    v = v.astype(np.int64)
     out = ((table[v] if table is not None else v) + header.lo).astype(dtype)
     if crc32_of(out) != header.recon_crc:
         raise ResidualError("residual stream corrupt (the decoded image fails its CRC-32 check)")

@@ -59,6 +59,11 @@ BACKENDS = ("float", "rewritten", "int8")  # pipelines.compress.BACKENDS (not im
 # --------------------------------------------------------------------------- one image
 
 
+def _serial_stripes() -> None:
+    """Pool initializer: the files run in parallel, so each file's stripes run one after the other."""
+    os.environ["MEDCODEC_WORKERS"] = "1"
+
+
 def _frames(px: np.ndarray) -> list[np.ndarray]:
     return [px] if px.ndim == 2 else list(px)
 
@@ -448,7 +453,8 @@ def run(args) -> int:
                      "levels": list(levels), "include": args.include,
                      "residual": {"num_contexts": residual.NUM_CONTEXTS, "count_step": residual.COUNT_STEP,
                                   "count_limit": residual.COUNT_LIMIT, "stream_version": residual.STREAM_VERSION,
-                                  "predictor": args.residual_predictor},
+                                  "predictor": args.residual_predictor,
+                                  "stripe_workers": 1 if min(args.jobs, len(files)) > 1 else residual.default_workers()},
                      "bpp": "8 * bytes / pixels; lossy+residual bytes = tile streams + residual streams",
                      "jobs": max(1, min(args.jobs, len(files))), "cpu_count": os.cpu_count()},
         "versions": {**classical.codec_versions(), "python": platform.python_version()},
@@ -539,7 +545,9 @@ def _evaluate_all(files, rels, fn, fn_args, jobs: int, no_progress: bool):
         else:
             import multiprocessing as mp
 
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            # one process per file: a large frame's stripes are then coded one after the other
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                     initializer=_serial_stripes) as pool:
                 pending = {pool.submit(fn, str(f), rel, *fn_args): rel for f, rel in zip(files, rels, strict=True)}
                 while pending:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)

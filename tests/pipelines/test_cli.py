@@ -94,8 +94,11 @@ def test_bench_writes_json_and_refuses_overwrite(tmp_path):
     one.mkdir()
     shutil.copy(next(p for p in sample_files() if "mr" in p.name), one)
     target = tmp_path / "bench.json"
-    assert main(["bench", "--data", str(one), "--json", str(target), "--repeat", "1", "--volume", ""]) == 0
+    assert main(["bench", "--data", str(one), "--json", str(target), "--repeat", "1", "--volume", "",
+                 "--stripes", "256x300"]) == 0
     result = json.loads(target.read_text())
+    assert result["stripes"]["shape"] == [256, 300] and result["stripes"]["stripes"] == 1
+    assert result["stripes"]["runs"]["1"]["decode_s"] > 0
     lossless = result["images"][0]["lossless"]
     assert result["entropy_coding"]["symbols"] == 1_000_000
     assert {"medcodec-residual-ls", "medcodec-residual-blend", "jpegls"} <= set(lossless)

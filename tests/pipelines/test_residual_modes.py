@@ -230,6 +230,34 @@ def test_residual_predictor_option(tmp_path, monkeypatch):
     assert sizes[None] == sizes["ls"] < sizes["blend"]
 
 
+def test_a_large_frame_is_striped_through_the_cli(tmp_path, monkeypatch):
+    """With the stripe thresholds lowered, the MR sample's RESD is striped, coded by 2 worker processes,
+    decodes bit-exact through DICOM, and is the same file as one process writes."""
+    monkeypatch.setattr(compress_cmd, "load_codec", _no_model)
+    monkeypatch.setattr(residual, "STRIPE_PIXELS", 1 << 14)
+    monkeypatch.setattr(residual, "MIN_STRIPE_ROWS", 64)
+    files = {}
+    for workers in ("1", "2"):
+        monkeypatch.setenv("MEDCODEC_WORKERS", workers)
+        mdc, out = tmp_path / f"w{workers}.mdc", tmp_path / f"w{workers}.dcm"
+        assert main(["compress", str(MR), str(mdc), "--mode", "lossless", "--residual-predictor", "blend"]) == 0
+        (stream,) = container.read_container(mdc.read_bytes()).residuals
+        assert residual.read_header(stream).stripes == 384 // 64
+        assert main(["decompress", str(mdc), str(out)]) == 0
+        np.testing.assert_array_equal(read_dicom(out).pixels, read_dicom(MR).pixels)
+        files[workers] = mdc.read_bytes()
+    assert files["1"] == files["2"]
+
+
+def test_a_bad_workers_setting_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(compress_cmd, "load_codec", _no_model)
+    monkeypatch.setenv("MEDCODEC_WORKERS", "many")
+    assert main(["compress", str(MR), str(tmp_path / "x.mdc"), "--mode", "lossless"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "MEDCODEC_WORKERS" in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "x.mdc").exists()
+
+
 def test_residual_predictor_bad_choice_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["compress", str(MR), str(tmp_path / "x.mdc"), "--mode", "lossless", "--residual-predictor", "mrp"])
