@@ -89,12 +89,8 @@ message; the reconstruction CRC catches what the range coder cannot (a wrong sym
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
 import struct
 import zlib
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import constriction
@@ -102,6 +98,7 @@ import numpy as np
 
 from codec.errors import MedcodecError
 from codec.lsq import LeastSquares
+from codec.parallel import default_workers, map_processes
 
 __all__ = [
     "STREAM_VERSION",
@@ -489,42 +486,6 @@ def _stripe_edges(rows: int, n: int) -> list[int]:
     return [k * rows // n for k in range(n + 1)]
 
 
-def default_workers() -> int:
-    """Processes for a striped frame: ``MEDCODEC_WORKERS`` if set, else the CPUs this process may use."""
-    env = os.environ.get("MEDCODEC_WORKERS", "").strip()
-    if env:
-        if not env.isdigit() or int(env) < 1:
-            raise ResidualError(f"MEDCODEC_WORKERS must be a positive integer, got {env!r}")
-        return int(env)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _map_stripes(fn, jobs: list[tuple], workers: int | None) -> list:
-    """``[fn(*job) for job in jobs]``, in worker processes when there are several jobs and workers.
-
-    The workers are forked where the platform can (Linux: they only run numpy and constriction, and a
-    forked child does not re-run the caller's ``__main__``, which ``spawn`` does), spawned elsewhere.
-    Results come back in order; a worker that dies is a one-line :class:`ResidualError`.
-    """
-    workers = default_workers() if workers is None else int(workers)
-    if workers < 1:
-        raise ResidualError(f"workers must be at least 1, got {workers}")
-    n = min(workers, len(jobs))
-    if n <= 1:
-        return [fn(*job) for job in jobs]
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    try:
-        with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context(method)) as pool:
-            futures = [pool.submit(fn, *job) for job in jobs]
-            return [f.result() for f in futures]
-    except BrokenProcessPool as exc:
-        raise ResidualError(f"a stripe worker process died ({exc}); MEDCODEC_WORKERS=1 codes the stripes "
-                            "in this process") from None
-
-
 def _encode_stripe(v: np.ndarray, vmax: int, max_error: int, xh: np.ndarray | None, ls: bool):
     return _code_frame(v.astype(np.int64), vmax, max_error, xh, ls)
 
@@ -585,7 +546,7 @@ def encode(x, x_hat=None, max_error: int = 0, *, pack: bool | None = None,
     xh = _domain(x_hat, lo, hi, table)
     n = stripe_count(rows, cols)
     edges = _stripe_edges(rows, n)
-    coded = _map_stripes(_encode_stripe, [
+    coded = map_processes(_encode_stripe, [
         (v[a:b].astype(np.int32), vmax, max_error, None if xh is None else xh[a:b].astype(np.int32), ls)
         for a, b in zip(edges[:-1], edges[1:], strict=True)], workers)
     recon_v = np.concatenate([r for _, r in coded], axis=0)
@@ -713,7 +674,7 @@ def decode(data: bytes, x_hat=None, *, shape=None, dtype=None, workers: int | No
     vmax = header.hi - header.lo if table is None else table.size - 1
     xh = _domain(x_hat, header.lo, header.hi, table)
     edges = _stripe_edges(header.rows, header.stripes)
-    v = np.concatenate(_map_stripes(_decode_stripe, [
+    v = np.concatenate(map_processes(_decode_stripe, [
         (words, b - a, header.cols, vmax, header.max_error, None if xh is None else xh[a:b].astype(np.int32),
          header.predictor == "ls") for words, a, b in zip(stripes, edges[:-1], edges[1:], strict=True)], workers), axis=0)
     v = v.astype(np.int64)

@@ -47,6 +47,7 @@ from codec import residual
 from codec.errors import MedcodecError
 from codec.fixednet import LEAKY_DEN, LEAKY_NUM, FixedNet
 from codec.intconv import round_half_up, saturate
+from codec.parallel import map_processes
 
 __all__ = ["SAMPLINGS", "DEPTH", "PreviousSlice", "VolumeError", "VolumePredictor", "choose_shift", "features", "encode_volume",
            "decode_volume", "load_predictor", "pack_meta", "unpack_meta"]
@@ -231,14 +232,30 @@ def _previous(recon: list[np.ndarray], s: int, lo: int, shape) -> np.ndarray:
     return prev
 
 
+def _encode_slice(window: np.ndarray, predictor, shift: int, lo: int, hi: int, max_error: int,
+                  residual_predictor: str) -> tuple[bytes, np.ndarray]:
+    """One slice of a lossless volume: ``window`` is slices s-DEPTH..s (as many as exist), s last."""
+    s = window.shape[0] - 1
+    prev = _previous([np.asarray(w, dtype=np.int64) for w in window[:-1]], s, lo, window.shape[1:])
+    xh = None if s == 0 else predictor.predict(prev, shift, lo, hi)
+    enc = residual.encode(window[-1], x_hat=None if xh is None else xh.astype(window.dtype), max_error=max_error,
+                          predictor=residual_predictor)
+    return enc.data, np.asarray(enc.recon, dtype=np.int64)
+
+
 def encode_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *, max_error: int = 0, shift: int | None = None,
-                  progress=None, residual_predictor: str = "ls") -> tuple[list[bytes], dict]:
+                  progress=None, residual_predictor: str = "ls", workers: int | None = None) -> tuple[list[bytes], dict]:
     """Code a volume (S, H, W) of integers slice by slice; returns (one residual stream per slice, info).
 
     ``max_error`` 0: lossless; D >= 1: every voxel within D (later slices are predicted from the
     reconstruction the decoder will have). ``residual_predictor``: the residual layer's predictor
     (``residual.PREDICTORS``; with "ls" the previous slice's prediction joins its least-squares
     features: a 3-D least-squares predictor). ``info``: shift, lo, hi, and the reconstruction check.
+
+    Lossless, the decoder's previous slices are the originals, so the slices are independent jobs: they
+    are encoded in up to ``workers`` processes (``codec.parallel``; the streams do not depend on it).
+    Near-lossless, each slice needs the previous one's reconstruction: one after the other. Decoding
+    is always slice after slice.
     """
     vol = np.asarray(vol)
     if vol.ndim != 3 or vol.dtype.kind not in "iu" or vol.shape[0] < 1:
@@ -247,6 +264,15 @@ def encode_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *
     shift = choose_shift(vol) if shift is None else int(shift)
     if not 0 <= shift <= MAX_SHIFT:
         raise VolumeError(f"shift {shift} outside 0..{MAX_SHIFT}")
+    info = {"shift": shift, "lo": lo, "hi": hi}
+    if max_error == 0:
+        jobs = [(vol[max(0, s - DEPTH):s + 1], predictor, shift, lo, hi, 0, residual_predictor)
+                for s in range(vol.shape[0])]
+        coded = map_processes(_encode_slice, jobs, workers, None if progress is None else (lambda _i: progress(1)))
+        for s, (_, rec) in enumerate(coded):
+            if not np.array_equal(rec, vol[s]):  # cannot happen: lossless; checked so that it never goes unseen
+                raise VolumeError(f"internal error: slice {s} does not reconstruct exactly")
+        return [data for data, _ in coded], info
     recon: list[np.ndarray] = []
     streams = []
     for s in range(vol.shape[0]):
@@ -257,7 +283,7 @@ def encode_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *
         recon.append(np.asarray(enc.recon, dtype=np.int64))
         if progress is not None:
             progress(1)
-    return streams, {"shift": shift, "lo": lo, "hi": hi}
+    return streams, info
 
 
 def decode_volume(streams: list[bytes], predictor: VolumePredictor | PreviousSlice, *, rows: int, cols: int, dtype,

@@ -11,7 +11,8 @@ import struct
 import numpy as np
 import pytest
 
-from codec import residual
+from codec import parallel, residual
+from codec.errors import MedcodecError
 from codec.residual import ResidualError
 
 FLAGS_BYTE = 5
@@ -120,11 +121,38 @@ def test_workers_from_the_environment(monkeypatch):
     assert residual.default_workers() >= 1
     for bad in ("0", "-2", "two"):
         monkeypatch.setenv("MEDCODEC_WORKERS", bad)
-        with pytest.raises(ResidualError, match="MEDCODEC_WORKERS"):
+        with pytest.raises(MedcodecError, match="MEDCODEC_WORKERS"):
             residual.default_workers()
     monkeypatch.delenv("MEDCODEC_WORKERS")
-    with pytest.raises(ResidualError, match="workers"):
+    with pytest.raises(MedcodecError, match="workers"):
         residual.encode(_frame(), workers=0)
+
+
+def _square(v):
+    return v * v
+
+
+def _fail(v):
+    if v == 1:
+        raise ResidualError(f"job {v} failed")
+    return v
+
+
+def _die(v):
+    import os
+    os._exit(3)
+
+
+def test_map_processes_order_errors_and_dead_workers():
+    seen = []
+    assert parallel.map_processes(_square, [(v,) for v in range(7)], 3, seen.append) == [v * v for v in range(7)]
+    assert sorted(seen) == list(range(7))
+    assert parallel.map_processes(_square, [(4,)], 8) == [16]  # one job: no pool
+    with pytest.raises(ResidualError, match="job 1 failed"):
+        parallel.map_processes(_fail, [(0,), (1,), (2,)], 2)
+    with pytest.raises(MedcodecError, match="worker process died") as info:
+        parallel.map_processes(_die, [(1,), (2,)], 2)
+    assert "\n" not in str(info.value)
 
 
 def test_damaged_striped_streams_are_refused(small_stripes):

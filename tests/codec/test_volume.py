@@ -155,6 +155,20 @@ def test_lossless_round_trip(pred, signed):
     assert out.dtype == vol.dtype and np.array_equal(out, vol)
 
 
+@pytest.mark.parametrize("model", ["mlp", "prev-slice"])
+def test_lossless_slices_encode_in_parallel_to_the_same_streams(pred, model):
+    """Lossless slices are independent jobs: 2 worker processes give the streams one process gives."""
+    vol = smooth_volume(shape=(5, 24, 28))
+    predictor = pred if model == "mlp" else V.PreviousSlice()
+    done = []
+    one, info1 = V.encode_volume(vol, predictor, workers=1)
+    two, info2 = V.encode_volume(vol, predictor, workers=2, progress=done.append)
+    assert one == two and info1 == info2
+    assert done == [1] * vol.shape[0]
+    back = V.decode_volume(two, predictor, rows=24, cols=28, dtype=vol.dtype, **info2)
+    assert np.array_equal(back, vol)
+
+
 def adversarial():
     rng = np.random.default_rng(7)
     yield "noise", rng.integers(0, 4096, (4, 16, 20)).astype(np.uint16)
