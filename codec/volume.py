@@ -47,9 +47,9 @@ from codec import residual
 from codec.errors import MedcodecError
 from codec.fixednet import LEAKY_DEN, LEAKY_NUM, FixedNet
 from codec.intconv import round_half_up, saturate
-from codec.parallel import map_processes
+from codec.parallel import default_workers, map_processes
 
-__all__ = ["SAMPLINGS", "DEPTH", "PreviousSlice", "VolumeError", "VolumePredictor", "choose_shift", "features", "encode_volume",
+__all__ = ["SAMPLINGS", "DEPTH", "GROUP", "PreviousSlice", "VolumeError", "VolumePredictor", "choose_shift", "features", "encode_volume",
            "decode_volume", "load_predictor", "pack_meta", "unpack_meta"]
 
 #: (slice offset dz, window side) per sampling, nearest slice first
@@ -58,6 +58,9 @@ SAMPLINGS: dict[str, tuple[tuple[int, int], ...]] = {
     "cube": ((1, 11), (2, 11), (3, 11)),
 }
 DEPTH = 3  # previous slices used
+#: slices per group in new files: a group is coded on its own (its first slice without x_hat), so the
+#: groups of a series decode in parallel and one slice needs only its group's slices before it
+GROUP = 16
 FEATURE_ONE = 128  # a feature's integer q stands for the real value q / 128 (the MLP's fp_in = 7)
 FP_IN = 7
 FP_OUT = 7
@@ -232,9 +235,15 @@ def _previous(recon: list[np.ndarray], s: int, lo: int, shape) -> np.ndarray:
     return prev
 
 
+def _start(s: int, group: int) -> int:
+    """The first slice of slice ``s``'s group (``group`` slices a group; 0: one group)."""
+    return s - s % group if group else 0
+
+
 def _encode_slice(window: np.ndarray, predictor, shift: int, lo: int, hi: int, max_error: int,
                   residual_predictor: str) -> tuple[bytes, np.ndarray]:
-    """One slice of a lossless volume: ``window`` is slices s-DEPTH..s (as many as exist), s last."""
+    """One slice of a lossless volume: ``window`` is the slices of its group before it (DEPTH at
+    most) and the slice itself, last."""
     s = window.shape[0] - 1
     prev = _previous([np.asarray(w, dtype=np.int64) for w in window[:-1]], s, lo, window.shape[1:])
     xh = None if s == 0 else predictor.predict(prev, shift, lo, hi)
@@ -243,36 +252,10 @@ def _encode_slice(window: np.ndarray, predictor, shift: int, lo: int, hi: int, m
     return enc.data, np.asarray(enc.recon, dtype=np.int64)
 
 
-def encode_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *, max_error: int = 0, shift: int | None = None,
-                  progress=None, residual_predictor: str = "ls", workers: int | None = None) -> tuple[list[bytes], dict]:
-    """Code a volume (S, H, W) of integers slice by slice; returns (one residual stream per slice, info).
-
-    ``max_error`` 0: lossless; D >= 1: every voxel within D (later slices are predicted from the
-    reconstruction the decoder will have). ``residual_predictor``: the residual layer's predictor
-    (``residual.PREDICTORS``; with "ls" the previous slice's prediction joins its least-squares
-    features: a 3-D least-squares predictor). ``info``: shift, lo, hi, and the reconstruction check.
-
-    Lossless, the decoder's previous slices are the originals, so the slices are independent jobs: they
-    are encoded in up to ``workers`` processes (``codec.parallel``; the streams do not depend on it).
-    Near-lossless, each slice needs the previous one's reconstruction: one after the other. Decoding
-    is always slice after slice.
-    """
-    vol = np.asarray(vol)
-    if vol.ndim != 3 or vol.dtype.kind not in "iu" or vol.shape[0] < 1:
-        raise VolumeError(f"need a 3-D integer volume, got {vol.shape} {vol.dtype}")
-    lo, hi = int(vol.min()), int(vol.max())
-    shift = choose_shift(vol) if shift is None else int(shift)
-    if not 0 <= shift <= MAX_SHIFT:
-        raise VolumeError(f"shift {shift} outside 0..{MAX_SHIFT}")
-    info = {"shift": shift, "lo": lo, "hi": hi}
-    if max_error == 0:
-        jobs = [(vol[max(0, s - DEPTH):s + 1], predictor, shift, lo, hi, 0, residual_predictor)
-                for s in range(vol.shape[0])]
-        coded = map_processes(_encode_slice, jobs, workers, None if progress is None else (lambda _i: progress(1)))
-        for s, (_, rec) in enumerate(coded):
-            if not np.array_equal(rec, vol[s]):  # cannot happen: lossless; checked so that it never goes unseen
-                raise VolumeError(f"internal error: slice {s} does not reconstruct exactly")
-        return [data for data, _ in coded], info
+def _encode_chain(vol: np.ndarray, predictor, shift: int, lo: int, hi: int, max_error: int,
+                  residual_predictor: str, step=None) -> list[bytes]:
+    """The slices of one group, one after the other (near-lossless: each predicted from the
+    reconstruction of those before it, as the decoder will have them)."""
     recon: list[np.ndarray] = []
     streams = []
     for s in range(vol.shape[0]):
@@ -281,14 +264,64 @@ def encode_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *
                               predictor=residual_predictor)
         streams.append(enc.data)
         recon.append(np.asarray(enc.recon, dtype=np.int64))
-        if progress is not None:
-            progress(1)
-    return streams, info
+        if step is not None:
+            step(1)
+    return streams
 
 
-def decode_volume(streams: list[bytes], predictor: VolumePredictor | PreviousSlice, *, rows: int, cols: int, dtype,
-                  shift: int, lo: int, hi: int, progress=None) -> np.ndarray:
-    """The inverse of :func:`encode_volume`: (S, rows, cols) of ``dtype``."""
+def _groups(n: int, group: int) -> list[tuple[int, int]]:
+    step = group or n
+    return [(a, min(n, a + step)) for a in range(0, n, step)]
+
+
+def encode_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *, max_error: int = 0, shift: int | None = None,
+                  progress=None, residual_predictor: str = "ls", workers: int | None = None,
+                  group: int = 0) -> tuple[list[bytes], dict]:
+    """Code a volume (S, H, W) of integers slice by slice; returns (one residual stream per slice, info).
+
+    ``max_error`` 0: lossless; D >= 1: every voxel within D (later slices are predicted from the
+    reconstruction the decoder will have). ``residual_predictor``: the residual layer's predictor
+    (``residual.PREDICTORS``; with "ls" the previous slice's prediction joins its least-squares
+    features: a 3-D least-squares predictor). ``group``: slices per independently coded group (the
+    first slice of a group is coded on its own, the others from the slices of their group before
+    them); 0: one group. ``info``: shift, lo, hi.
+
+    The work runs in up to ``workers`` processes (``codec.parallel``; the streams never depend on it):
+    lossless, every slice is a job (the decoder's previous slices are the originals); near-lossless,
+    every group is one (each slice needs the reconstruction of the one before it).
+    """
+    vol = np.asarray(vol)
+    if vol.ndim != 3 or vol.dtype.kind not in "iu" or vol.shape[0] < 1:
+        raise VolumeError(f"need a 3-D integer volume, got {vol.shape} {vol.dtype}")
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 0:
+        raise VolumeError(f"group must be an integer >= 0 (slices per group; 0: one group), got {group!r}")
+    group = int(group)
+    lo, hi = int(vol.min()), int(vol.max())
+    shift = choose_shift(vol) if shift is None else int(shift)
+    if not 0 <= shift <= MAX_SHIFT:
+        raise VolumeError(f"shift {shift} outside 0..{MAX_SHIFT}")
+    info = {"shift": shift, "lo": lo, "hi": hi}
+    if max_error == 0:
+        jobs = [(vol[max(_start(s, group), s - DEPTH):s + 1], predictor, shift, lo, hi, 0, residual_predictor)
+                for s in range(vol.shape[0])]
+        coded = map_processes(_encode_slice, jobs, workers, None if progress is None else (lambda _i: progress(1)))
+        for s, (_, rec) in enumerate(coded):
+            if not np.array_equal(rec, vol[s]):  # cannot happen: lossless; checked so that it never goes unseen
+                raise VolumeError(f"internal error: slice {s} does not reconstruct exactly")
+        return [data for data, _ in coded], info
+    spans = _groups(vol.shape[0], group)
+    jobs = [(vol[a:b], predictor, shift, lo, hi, max_error, residual_predictor) for a, b in spans]
+    if len(jobs) == 1 or (default_workers() if workers is None else workers) <= 1:
+        chains = [_encode_chain(*job, step=progress) for job in jobs]  # in this process: progress per slice
+    else:
+        chains = map_processes(_encode_chain, jobs, workers,
+                               None if progress is None else (lambda i: progress(spans[i][1] - spans[i][0])))
+    return [data for chain in chains for data in chain], info
+
+
+def _decode_chain(streams: list[bytes], first: int, predictor, rows: int, cols: int, dtype,
+                  shift: int, lo: int, hi: int, step=None) -> np.ndarray:
+    """Slices ``first ..`` of one group, one after the other."""
     out = np.empty((len(streams), rows, cols), dtype=dtype)
     recon: list[np.ndarray] = []
     for s, data in enumerate(streams):
@@ -297,11 +330,41 @@ def decode_volume(streams: list[bytes], predictor: VolumePredictor | PreviousSli
             x = residual.decode(data, x_hat=None if xh is None else xh.astype(dtype), shape=(rows, cols),
                                 dtype=dtype)
         except MedcodecError as exc:
-            raise VolumeError(f"slice {s}: {exc}") from None
+            raise VolumeError(f"slice {first + s}: {exc}") from None
         out[s] = x
         recon.append(np.asarray(x, dtype=np.int64))
-        if progress is not None:
-            progress(1)
+        if step is not None:
+            step(1)
+    return out
+
+
+def decode_volume(streams: list[bytes], predictor: VolumePredictor | PreviousSlice, *, rows: int, cols: int, dtype,
+                  shift: int, lo: int, hi: int, progress=None, group: int = 0, workers: int | None = None,
+                  slices=None) -> np.ndarray:
+    """The inverse of :func:`encode_volume`: (S, rows, cols) of ``dtype``.
+
+    The groups are decoded in up to ``workers`` processes. ``slices`` (indices): decode only those
+    (and the slices of their groups before them) and return them in ascending order.
+    """
+    n = len(streams)
+    wanted = sorted(set(range(n) if slices is None else (int(s) for s in slices)))
+    if wanted and not 0 <= wanted[0] <= wanted[-1] < n:
+        raise VolumeError(f"slice {wanted[-1] if wanted[-1] >= n else wanted[0]} out of range 0..{n - 1}")
+    jobs, spans = [], []
+    for a, b in _groups(n, group):
+        last = max((s for s in wanted if a <= s < b), default=None)
+        if last is not None:
+            spans.append((a, last + 1))
+            jobs.append((streams[a:last + 1], a, predictor, rows, cols, dtype, shift, lo, hi))
+    if len(jobs) <= 1 or (default_workers() if workers is None else workers) <= 1:
+        chains = [_decode_chain(*job, step=progress) for job in jobs]  # in this process: progress per slice
+    else:
+        chains = map_processes(_decode_chain, jobs, workers,
+                               None if progress is None else (lambda i: progress(spans[i][1] - spans[i][0])))
+    full = {a + k: chain[k] for (a, _), chain in zip(spans, chains, strict=True) for k in range(len(chain))}
+    out = np.empty((len(wanted), rows, cols), dtype=dtype)
+    for k, s in enumerate(wanted):
+        out[k] = full[s]
     return out
 
 
@@ -380,15 +443,17 @@ def is_volume(head: dict) -> bool:
 def compress_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *, model: str, package_sha256: str,
                     bits_stored: int, signed: bool, source: str = "dicom", metas: list[bytes] | None = None,
                     names: list[str] | None = None, max_error: int = 0, progress=None,
-                    residual_predictor: str = "ls") -> bytes:
-    """A volume (S, H, W) -> the bytes of a ``.mdc`` file (HEAD kind "volume", one RESD per slice)."""
+                    residual_predictor: str = "ls", group: int = GROUP, workers: int | None = None) -> bytes:
+    """A volume (S, H, W) -> the bytes of a ``.mdc`` file (HEAD kind "volume", one RESD per slice).
+
+    ``group``: slices per independently coded group (HEAD ``group``; 0: one chain, and no such key)."""
     from codec import container
 
     if not 0 <= max_error <= residual.MAX_ERROR_LIMIT:
         raise VolumeError(f"max error must be in 0..{residual.MAX_ERROR_LIMIT}, got {max_error}")
     vol = np.asarray(vol)
     streams, info = encode_volume(vol, predictor, max_error=max_error, progress=progress,
-                                  residual_predictor=residual_predictor)
+                                  residual_predictor=residual_predictor, group=group, workers=workers)
     names = list(names) if names is not None else [f"slice_{i:04d}{'.dcm' if source == 'dicom' else '.npy'}"
                                                      for i in range(vol.shape[0])]
     head = {"model": model, "checkpoint_sha256": package_sha256, "kind": KIND, "rows": int(vol.shape[1]),
@@ -396,6 +461,8 @@ def compress_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice,
             "signed": bool(signed), "source": source, "dtype": str(vol.dtype),
             "mode": MODE_LOSSLESS if max_error == 0 else MODE_NEAR_LOSSLESS, "max_error": int(max_error),
             "lo": info["lo"], "hi": info["hi"], "shift": info["shift"], "names": names}
+    if group:
+        head["group"] = int(group)
     if len(names) != vol.shape[0]:
         raise VolumeError(f"{len(names)} names for {vol.shape[0]} slices")
     meta = None
@@ -424,17 +491,25 @@ def read_volume(data: bytes):
         raise VolumeError(f"{len(c.residuals)} slice streams, HEAD says {h['frames']} slices")
     if len(h["names"]) != h["frames"] or h["lo"] > h["hi"]:
         raise VolumeError("HEAD: inconsistent names or value range")
+    g = h.get("group", 0)
+    if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+        raise VolumeError(f"HEAD: 'group' must be an int >= 0, got {g!r}")
     metas = unpack_meta(c.meta, h["frames"]) if c.meta is not None else None
     if h["source"] == "dicom" and metas is None:
         raise VolumeError("a DICOM volume without its metadata (META chunk)")
     return h, metas, c.residuals
 
 
-def decompress_volume(data: bytes, predictor: VolumePredictor | PreviousSlice, progress=None):
-    """(HEAD, volume (S, H, W), per-slice metadata or None); every slice checked against its stream."""
+def decompress_volume(data: bytes, predictor: VolumePredictor | PreviousSlice, progress=None, *,
+                      slices=None, workers: int | None = None):
+    """(HEAD, volume (S, H, W), per-slice metadata or None); every slice checked against its stream.
+
+    ``slices`` (indices): only those, ascending (the volume is then (len(slices), H, W) and the
+    metadata still every slice's)."""
     h, metas, streams = read_volume(data)
     vol = decode_volume(streams, predictor, rows=h["rows"], cols=h["cols"], dtype=np.dtype(h["dtype"]),
-                        shift=h["shift"], lo=h["lo"], hi=h["hi"], progress=progress)
+                        shift=h["shift"], lo=h["lo"], hi=h["hi"], progress=progress, group=h.get("group", 0),
+                        workers=workers, slices=slices)
     if int(vol.min()) < h["lo"] or int(vol.max()) > h["hi"]:
         raise VolumeError("decoded values outside the HEAD's range")
     return h, vol, metas

@@ -75,6 +75,10 @@ def register(sub) -> None:
                    help="lossless / near-lossless: the residual layer's predictor. ls (default): the blend plus a "
                         "per-pixel least-squares predictor (3-D for a series), 0.4-18 %% fewer bits, 5-7 times "
                         "slower (about 2 s per 512x512 frame each way); blend: the fixed-predictor blend alone")
+    p.add_argument("--group", type=int, default=volume.GROUP, metavar="N",
+                   help=f"a series folder -> one .mdc: slices per independently coded group (default "
+                        f"{volume.GROUP}; 0: one chain, the fewest bits); groups decode in parallel, and "
+                        f"decompress --slices needs only the groups of the slices asked for")
     _add_model_args(p)
     p.set_defaults(func=run_compress)
 
@@ -82,6 +86,9 @@ def register(sub) -> None:
                        description="Decompress one .mdc file, or every .mdc under a folder.")
     d.add_argument("input", metavar="IN", help="a .mdc file or a folder of them")
     d.add_argument("output", metavar="OUT", help="output file (a folder when IN is a folder or a volume file)")
+    d.add_argument("--slices", default=None, metavar="LIST",
+                   help="a volume file: only these slices (positions in the file's slice order from 0, "
+                        "e.g. 0,5-9); only the groups that hold them are decoded")
     _add_model_args(d)
     d.set_defaults(func=run_decompress)
 
@@ -199,9 +206,11 @@ def _compress_volume(args) -> int:
         raise MedcodecError("a series folder -> one .mdc is coded lossless (--mode lossless) or near-lossless "
                             "(--mode near-lossless --max-error D); for lossy coding give an output folder")
     model = volume_cmd.DEFAULT_MODEL if args.model == IMAGE_DEFAULT_MODEL else args.model
+    if args.group < 0:
+        raise MedcodecError(f"--group must be >= 0 (slices per group; 0: one chain), got {args.group}")
     r = volume_cmd.compress_series(Path(args.input), Path(args.output), model=model,
                                    max_error=args.max_error or 0, force=args.force, progress=not args.no_progress,
-                                   residual_predictor=args.residual_predictor)
+                                   residual_predictor=args.residual_predictor, group=args.group)
     s, h, w = r["shape"]
     print(f"{args.output}: {s} slices of {h}x{w}, {r['bytes']} bytes, {r['bpp']:.3f} bpp, {r['encode_s']:.1f} s, "
           f"{args.mode}" + (f" D={args.max_error}" if args.max_error else ""))
@@ -221,10 +230,13 @@ def _is_volume_file(path: Path) -> bool:
 def run_decompress(args) -> int:
     inp = Path(args.input)
     if inp.is_file() and _is_volume_file(inp):
-        r = volume_cmd.decompress_series(inp, Path(args.output), force=args.force, progress=not args.no_progress)
+        r = volume_cmd.decompress_series(inp, Path(args.output), force=args.force, progress=not args.no_progress,
+                                         slices=volume_cmd.parse_slices(args.slices) if args.slices else None)
         s, h, w = r["shape"]
         print(f"{args.output}/: {s} slices of {h}x{w} {r['volume'].dtype}, {r['decode_s']:.1f} s")
         return 0
+    if args.slices:
+        raise MedcodecError(f"{inp}: --slices is for a volume file (a series coded into one .mdc)")
     if inp.is_dir():
         pairs = _pairs(inp, Path(args.output), (".mdc",), None)
         failed = 0

@@ -27,6 +27,7 @@ from codec import volume as V
 from codec.dicom import merge_dicom
 from codec.errors import MedcodecError, OutputExistsError
 from codec.fileio import atomic_write, check_writable
+from codec.parallel import default_workers
 from codec.series import read_series
 from models import zoo
 
@@ -49,7 +50,8 @@ def _bar(total, desc, disable):
 
 
 def compress_series(inp: Path, out: Path, *, model: str = DEFAULT_MODEL, max_error: int = 0,
-                    force: bool = False, progress: bool = True, residual_predictor: str = "ls") -> dict:
+                    force: bool = False, progress: bool = True, residual_predictor: str = "ls",
+                    group: int = V.GROUP) -> dict:
     if model not in zoo.VOLUME_ZOO:
         raise MedcodecError(f"{model} is not a volume model; a series folder -> one .mdc needs one of "
                             f"{', '.join(sorted(zoo.VOLUME_ZOO))} (or give an output folder to code slice by slice)")
@@ -61,7 +63,8 @@ def compress_series(inp: Path, out: Path, *, model: str = DEFAULT_MODEL, max_err
     try:
         data = V.compress_volume(ser.volume, predictor, model=model, package_sha256=sha,
                                  bits_stored=ser.bits_stored, signed=ser.signed, metas=ser.metas, names=ser.names,
-                                 max_error=max_error, progress=step, residual_predictor=residual_predictor)
+                                 max_error=max_error, progress=step, residual_predictor=residual_predictor,
+                                 group=group)
     finally:
         bar.close()
     enc_s = time.perf_counter() - t0
@@ -97,7 +100,23 @@ def _write_folder(out: Path, files: dict[str, bytes], force: bool) -> None:
         raise
 
 
-def decompress_series(inp: Path, out: Path, *, force: bool = False, progress: bool = True) -> dict:
+def parse_slices(text: str) -> list[int]:
+    """``"0,5-9"`` -> [0, 5, 6, 7, 8, 9] (positions from 0; a bad list is a one-line error)."""
+    out: set[int] = set()
+    for part in text.split(","):
+        a, sep, b = part.strip().partition("-")
+        try:
+            lo, hi = int(a), int(b) if sep else int(a)
+        except ValueError:
+            raise MedcodecError(f"--slices: {part.strip()!r} is not N or N-M (positions from 0)") from None
+        if lo < 0 or hi < lo:
+            raise MedcodecError(f"--slices: {part.strip()!r} is not N or N-M with 0 <= N <= M")
+        out.update(range(lo, hi + 1))
+    return sorted(out)
+
+
+def decompress_series(inp: Path, out: Path, *, force: bool = False, progress: bool = True,
+                      slices: list[int] | None = None) -> dict:
     data = inp.read_bytes()
     try:
         head, _, _ = V.read_volume(data)
@@ -113,10 +132,12 @@ def decompress_series(inp: Path, out: Path, *, force: bool = False, progress: bo
     if sha != head["checkpoint_sha256"]:
         raise MedcodecError(f"{inp}: model mismatch: written with {head['model']} package "
                             f"{head['checkpoint_sha256'][:12]}, this installation has {sha[:12]}")
+    if slices is not None and slices and slices[-1] >= head["frames"]:
+        raise MedcodecError(f"{inp}: --slices asks for slice {slices[-1]}; the file has slices 0..{head['frames'] - 1}")
     t0 = time.perf_counter()
     bar, step = _bar(head["frames"], "decompress", not progress)
     try:
-        head, vol, metas = V.decompress_volume(data, predictor, progress=step)
+        head, vol, metas = V.decompress_volume(data, predictor, progress=step, slices=slices)
     except MedcodecError as exc:
         raise MedcodecError(f"{inp}: {exc}") from None
     finally:
@@ -124,11 +145,13 @@ def decompress_series(inp: Path, out: Path, *, force: bool = False, progress: bo
     dec_s = time.perf_counter() - t0
     files = {}
     per_slice = max(1, len(data) // head["frames"])
-    for i, name in enumerate(head["names"]):
+    which = list(range(head["frames"])) if slices is None else slices
+    for k, i in enumerate(which):
+        name = head["names"][i]
         if head["source"] == "dicom":
-            files[name] = merge_dicom(metas[i], vol[i], sources.lossy_info(head, vol[i], per_slice))
+            files[name] = merge_dicom(metas[i], vol[k], sources.lossy_info(head, vol[k], per_slice))
         else:
-            files[name] = sources.encode_output({"source": "npy"}, vol[i], None, per_slice)
+            files[name] = sources.encode_output({"source": "npy"}, vol[k], None, per_slice)
     _write_folder(out, files, force)
     return {"decode_s": dec_s, "slices": int(vol.shape[0]), "shape": vol.shape, "head": head, "volume": vol}
 
@@ -324,7 +347,8 @@ def _run_eval(args) -> int:
     print(table)
     if args.json:
         out = {"records": records, "table": table, "versions": {**codec_versions(), "python": platform.python_version()},
-               "command": "medcodec " + shlex.join(sys.argv[1:])}
+               "command": "medcodec " + shlex.join(sys.argv[1:]), "group": V.GROUP,
+               "workers": default_workers()}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(Path(args.json), (json.dumps(out, indent=1) + "\n").encode(), force=True)
     return 1 if any(r["errors"] for r in records) else 0

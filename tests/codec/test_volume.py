@@ -169,6 +169,56 @@ def test_lossless_slices_encode_in_parallel_to_the_same_streams(pred, model):
     assert np.array_equal(back, vol)
 
 
+@pytest.mark.parametrize("d", [0, 2])
+def test_groups_are_independent_and_decode_alone(pred, d):
+    """group=2 on 5 slices: groups (0, 1), (2, 3), (4); their first slices have no x_hat; the groups
+    decode in parallel to the same slices, and one slice needs only its group."""
+    vol = smooth_volume(shape=(5, 20, 24))
+    streams, info = V.encode_volume(vol, pred, max_error=d, group=2, workers=1)
+    again, _ = V.encode_volume(vol, pred, max_error=d, group=2, workers=2)
+    assert again == streams
+    assert [residual.read_header(x).has_xhat for x in streams] == [False, True, False, True, False]
+    kw = dict(rows=20, cols=24, dtype=vol.dtype, **info)
+    for workers in (1, 2):
+        back = V.decode_volume(streams, pred, group=2, workers=workers, **kw)
+        assert int(np.abs(back.astype(np.int64) - vol).max()) <= d
+    steps = []
+    one = V.decode_volume(streams, pred, group=2, slices=[3], progress=steps.append, **kw)
+    assert one.shape == (1, 20, 24) and np.array_equal(one[0], back[3]) and sum(steps) == 2
+    # the streams of group (2, 3) alone are enough: the others may be anything
+    junk = [b"" if s not in (2, 3) else x for s, x in enumerate(streams)]
+    assert np.array_equal(V.decode_volume(junk, pred, group=2, slices=[3], **kw)[0], back[3])
+    # a group stream decoded as one chain is refused (its first slice was coded without x_hat)
+    with pytest.raises(V.VolumeError, match="slice 2"):
+        V.decode_volume(streams, pred, group=0, **kw)
+    with pytest.raises(V.VolumeError, match="out of range"):
+        V.decode_volume(streams, pred, group=2, slices=[5], **kw)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(V.VolumeError, match="group"):
+            V.encode_volume(vol, pred, group=bad)
+
+
+def test_group_in_the_head(pred):
+    vol = smooth_volume(shape=(5, 20, 24))
+    kw = dict(model="m", package_sha256="0" * 64, bits_stored=12, signed=False, source="npy")
+    chained = V.compress_volume(vol, pred, group=0, **kw)
+    assert "group" not in V.read_volume(chained)[0]  # files of one chain are as before groups
+    grouped = V.compress_volume(vol, pred, group=2, **kw)
+    head = V.read_volume(grouped)[0]
+    assert head["group"] == 2
+    h, back, _ = V.decompress_volume(grouped, pred, slices=[4, 1])
+    assert np.array_equal(back, vol[[1, 4]])
+    assert V.read_volume(V.compress_volume(vol, pred, **kw))[0]["group"] == V.GROUP
+    from codec import container
+
+    c = container.read_container(grouped, schema=V._schema())
+    for bad in (-1, "2", True, 2.5):
+        data = container.write_container({**c.head, "group": bad}, [], c.meta, schema=V._schema(),
+                                         residuals=c.residuals)
+        with pytest.raises(V.VolumeError, match="group"):
+            V.read_volume(data)
+
+
 def adversarial():
     rng = np.random.default_rng(7)
     yield "noise", rng.integers(0, 4096, (4, 16, 20)).astype(np.uint16)

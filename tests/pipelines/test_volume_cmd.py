@@ -198,3 +198,44 @@ def test_bench_volume(tiny_zoo, series):
     assert set(r["models"]) == {"prev-slice (ls)", "prev-slice (blend)", "mlp3d-pyramid (ls)"}
     assert all(v["bpp"] > 0 and v["encode_mvox_s"] > 0 for v in r["models"].values())
     assert "skipped" in bench_volume(series / "missing")
+
+
+@pytest.mark.parametrize("model", [None, "mlp3d-pyramid"])
+def test_groups_and_slices_through_the_cli(tiny_zoo, series, tmp_path, capsys, model):
+    """--group 2 writes HEAD group 2; decompress --slices writes just those slices, byte for byte."""
+    mdc = tmp_path / "vol.mdc"
+    extra = ["--model", model] if model else []
+    assert main(["compress", str(series), str(mdc), "--mode", "lossless", "--group", "2", "--no-progress",
+                 *extra]) == 0
+    head = V.read_volume(mdc.read_bytes())[0]
+    assert head["group"] == 2
+    names = head["names"]  # the file's slice order (by position), which --slices counts in
+    out = tmp_path / "some"
+    assert main(["decompress", str(mdc), str(out), "--slices", "3,0-1", "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([names[0], names[1], names[3]])
+    for n in (names[0], names[1], names[3]):
+        assert (out / n).read_bytes() == (series / n).read_bytes()
+    whole = tmp_path / "whole"
+    assert main(["decompress", str(mdc), str(whole), "--no-progress"]) == 0
+    assert all((whole / n).read_bytes() == (series / n).read_bytes() for n in names)
+    capsys.readouterr()
+
+
+def test_group_and_slices_errors_are_one_line(tiny_zoo, series, tmp_path, capsys):
+    mdc = tmp_path / "vol.mdc"
+    assert main(["compress", str(series), str(mdc), "--mode", "lossless", "--group", "-1", "--no-progress"]) == 1
+    assert "--group" in capsys.readouterr().err and not mdc.exists()
+    assert main(["compress", str(series), str(mdc), "--mode", "lossless", "--no-progress"]) == 0
+    assert V.read_volume(mdc.read_bytes())[0]["group"] == V.GROUP
+    for bad, what in (("5", "slices 0..4"), ("2-1", "N-M"), ("a", "not N or N-M"), ("-3", "N or N-M")):
+        capsys.readouterr()
+        out = tmp_path / f"o{bad}"
+        assert main(["decompress", str(mdc), str(out), "--slices", bad, "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert what in err and err.count("\n") == 1 and not out.exists()
+    img = tmp_path / "img.mdc"
+    one = sorted(series.iterdir())[0]
+    assert main(["compress", str(one), str(img), "--mode", "lossless", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["decompress", str(img), str(tmp_path / "x.dcm"), "--slices", "0", "--no-progress"]) == 1
+    assert "--slices is for a volume file" in capsys.readouterr().err
