@@ -70,6 +70,7 @@ Stream (version 1; integers little-endian)
     (little-endian u32); nothing may follow the last stripe
 
 CRCs are zlib's CRC-32 over the array's values as little-endian bytes of its own dtype, C order.
+
 Stripes
 -------
 A frame of at least ``2 * STRIPE_PIXELS`` (2**21) pixels is cut into ``S`` = :func:`stripe_count`

@@ -30,8 +30,11 @@ from a local 3-D neighbourhood and codes the prediction error with an arithmetic
 Parallelism: the seed decodes voxel by voxel. Because the MLP sees only decoded slices, one slice's
 predictions are one batch (a fixed-shape network call per slice: on the DPU the MLP is a chain of
 1x1 convolutions with LeakyReLU 26/256), and the residual layer decodes the slice in diagonal
-wavefronts (``2 rows + cols`` vectorised steps, the seed's future work). What stays sequential is
-slice after slice.
+wavefronts (``2 rows + cols`` vectorised steps, the seed's future work). A series is cut into groups of
+``group`` slices (:data:`GROUP` in new files, HEAD ``group``; 0 or absent: one chain), each coded on its
+own from its first slice, so the groups are decoded in parallel processes (``codec.parallel``) and one
+slice needs only its group's slices before it; lossless encoding runs every slice as its own job (the
+decoder's previous slices are the originals). What stays sequential is slice after slice in a group.
 
 numpy + constriction only (it runs on a board too); ``models/mlp3d.py`` trains the network.
 """
