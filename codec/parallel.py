@@ -15,7 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from codec.errors import MedcodecError
 
-__all__ = ["ENV", "default_workers", "map_processes"]
+__all__ = ["ENV", "default_workers", "map_processes", "serial_in_this_process"]
 
 #: the environment variable that sets the number of worker processes
 ENV = "MEDCODEC_WORKERS"
@@ -34,8 +34,9 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def _serial_worker() -> None:
-    """Initializer of the workers: a job that itself splits its work runs it in its own process."""
+def serial_in_this_process() -> None:
+    """Pool initializer for workers that run one job each: a job that itself splits its work (stripes,
+    slices) then runs it in its own process instead of starting more."""
     os.environ[ENV] = "1"
 
 
@@ -63,7 +64,7 @@ def map_processes(fn: Callable, jobs: Sequence[tuple], workers: int | None = Non
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     try:
         with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context(method),
-                                 initializer=_serial_worker) as pool:
+                                 initializer=serial_in_this_process) as pool:
             futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
             out: list = [None] * len(jobs)
             for f in as_completed(futures):

@@ -299,6 +299,8 @@ def encode_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *
     if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 0:
         raise VolumeError(f"group must be an integer >= 0 (slices per group; 0: one group), got {group!r}")
     group = int(group)
+    if workers is not None and workers < 1:
+        raise VolumeError(f"workers must be at least 1, got {workers}")
     lo, hi = int(vol.min()), int(vol.max())
     shift = choose_shift(vol) if shift is None else int(shift)
     if not 0 <= shift <= MAX_SHIFT:
@@ -350,6 +352,8 @@ def decode_volume(streams: list[bytes], predictor: VolumePredictor | PreviousSli
     (and the slices of their groups before them) and return them in ascending order.
     """
     n = len(streams)
+    if workers is not None and workers < 1:
+        raise VolumeError(f"workers must be at least 1, got {workers}")
     wanted = sorted(set(range(n) if slices is None else (int(s) for s in slices)))
     if wanted and not 0 <= wanted[0] <= wanted[-1] < n:
         raise VolumeError(f"slice {wanted[-1] if wanted[-1] >= n else wanted[0]} out of range 0..{n - 1}")

@@ -46,6 +46,7 @@ from codec import gdncodec, residual
 from codec.dicom import read_dicom
 from codec.errors import MedcodecError
 from codec.fileio import atomic_write, check_writable
+from codec.parallel import serial_in_this_process
 from pipelines import classical, residual_curves
 from pipelines.baseline import GROUPS, _json_safe, _mean, by_group, modality_group
 from pipelines.paths import dicom_inputs
@@ -57,11 +58,6 @@ BACKENDS = ("float", "rewritten", "int8")  # pipelines.compress.BACKENDS (not im
 
 
 # --------------------------------------------------------------------------- one image
-
-
-def _serial_stripes() -> None:
-    """Pool initializer: the files run in parallel, so each file's stripes run one after the other."""
-    os.environ["MEDCODEC_WORKERS"] = "1"
 
 
 def _frames(px: np.ndarray) -> list[np.ndarray]:
@@ -547,7 +543,7 @@ def _evaluate_all(files, rels, fn, fn_args, jobs: int, no_progress: bool):
 
             # one process per file: a large frame's stripes are then coded one after the other
             with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                                     initializer=_serial_stripes) as pool:
+                                     initializer=serial_in_this_process) as pool:
                 pending = {pool.submit(fn, str(f), rel, *fn_args): rel for f, rel in zip(files, rels, strict=True)}
                 while pending:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)

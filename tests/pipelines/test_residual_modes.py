@@ -276,5 +276,6 @@ def test_residual_eval_records_its_predictor(tmp_path):
                      "--levels", "1", "--residual-predictor", pred, "--no-progress"]) == 0
         result = json.loads(out.read_text())
         assert result["settings"]["residual"]["predictor"] == pred
+        assert result["settings"]["residual"]["stripe_workers"] == residual.default_workers()  # one job
         bpp[pred] = result["images"][0]["residual_only"]["0"]["bpp"]
     assert bpp["ls"] < bpp["blend"]
