@@ -279,3 +279,18 @@ def test_residual_eval_records_its_predictor(tmp_path):
         assert result["settings"]["residual"]["stripe_workers"] == residual.default_workers()  # one job
         bpp[pred] = result["images"][0]["residual_only"]["0"]["bpp"]
     assert bpp["ls"] < bpp["blend"]
+
+
+def test_residual_eval_in_parallel_codes_each_files_stripes_serially(tmp_path):
+    """--jobs 2: two spawned workers, each told (MEDCODEC_WORKERS=1) not to start stripe processes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.dcm", "b.dcm"):
+        shutil.copy(MR, data / name)
+    out = tmp_path / "r.json"
+    assert main(["residual-eval", str(data), "--json", str(out), "--no-lossy-layer", "--no-classical",
+                 "--levels", "1", "--residual-predictor", "blend", "--jobs", "2", "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["residual"]["stripe_workers"] == 1 and result["settings"]["jobs"] == 2
+    a, b = (r["residual_only"]["0"]["bpp"] for r in result["images"])
+    assert a == b
