@@ -67,10 +67,14 @@ def map_processes(fn: Callable, jobs: Sequence[tuple], workers: int | None = Non
                                  initializer=serial_in_this_process) as pool:
             futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
             out: list = [None] * len(jobs)
-            for f in as_completed(futures):
-                out[futures[f]] = f.result()  # the first failure propagates; the pool cancels the rest
-                if done is not None:
-                    done(futures[f])
+            try:
+                for f in as_completed(futures):
+                    out[futures[f]] = f.result()
+                    if done is not None:
+                        done(futures[f])
+            except BaseException:  # the first failure: drop the jobs not started, then raise it
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
             return out
     except BrokenProcessPool as exc:
         raise MedcodecError(f"a worker process died ({exc}); {ENV}=1 runs the work in this process") from None

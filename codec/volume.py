@@ -238,6 +238,14 @@ def _previous(recon: list[np.ndarray], s: int, lo: int, shape) -> np.ndarray:
     return prev
 
 
+def _xhat(predictor, before: list[np.ndarray], lo: int, hi: int, shift: int, shape, dtype) -> np.ndarray | None:
+    """x_hat of the slice after ``before`` (the slices of its group before it, as the decoder has them;
+    empty: the first slice of a group, coded without x_hat)."""
+    if not before:
+        return None
+    return predictor.predict(_previous(before, len(before), lo, shape), shift, lo, hi).astype(dtype)
+
+
 def _start(s: int, group: int) -> int:
     """The first slice of slice ``s``'s group (``group`` slices a group; 0: one group)."""
     return s - s % group if group else 0
@@ -247,11 +255,9 @@ def _encode_slice(window: np.ndarray, predictor, shift: int, lo: int, hi: int, m
                   residual_predictor: str) -> tuple[bytes, np.ndarray]:
     """One slice of a lossless volume: ``window`` is the slices of its group before it (DEPTH at
     most) and the slice itself, last."""
-    s = window.shape[0] - 1
-    prev = _previous([np.asarray(w, dtype=np.int64) for w in window[:-1]], s, lo, window.shape[1:])
-    xh = None if s == 0 else predictor.predict(prev, shift, lo, hi)
-    enc = residual.encode(window[-1], x_hat=None if xh is None else xh.astype(window.dtype), max_error=max_error,
-                          predictor=residual_predictor)
+    before = [np.asarray(w, dtype=np.int64) for w in window[:-1]]
+    xh = _xhat(predictor, before, lo, hi, shift, window.shape[1:], window.dtype)
+    enc = residual.encode(window[-1], x_hat=xh, max_error=max_error, predictor=residual_predictor)
     return enc.data, np.asarray(enc.recon, dtype=np.int64)
 
 
@@ -262,9 +268,8 @@ def _encode_chain(vol: np.ndarray, predictor, shift: int, lo: int, hi: int, max_
     recon: list[np.ndarray] = []
     streams = []
     for s in range(vol.shape[0]):
-        xh = None if s == 0 else predictor.predict(_previous(recon, s, lo, vol.shape[1:]), shift, lo, hi)
-        enc = residual.encode(vol[s], x_hat=None if xh is None else xh.astype(vol.dtype), max_error=max_error,
-                              predictor=residual_predictor)
+        xh = _xhat(predictor, recon, lo, hi, shift, vol.shape[1:], vol.dtype)
+        enc = residual.encode(vol[s], x_hat=xh, max_error=max_error, predictor=residual_predictor)
         streams.append(enc.data)
         recon.append(np.asarray(enc.recon, dtype=np.int64))
         if step is not None:
@@ -275,6 +280,14 @@ def _encode_chain(vol: np.ndarray, predictor, shift: int, lo: int, hi: int, max_
 def _groups(n: int, group: int) -> list[tuple[int, int]]:
     step = group or n
     return [(a, min(n, a + step)) for a in range(0, n, step)]
+
+
+def _run_chains(fn, jobs: list[tuple], sizes: list[int], workers: int | None, progress) -> list:
+    """One job per group: in this process when there is one job or one worker (progress slice by
+    slice), else in worker processes (progress group by group)."""
+    if len(jobs) <= 1 or (default_workers() if workers is None else workers) <= 1:
+        return [fn(*job, step=progress) for job in jobs]
+    return map_processes(fn, jobs, workers, None if progress is None else (lambda i: progress(sizes[i])))
 
 
 def encode_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *, max_error: int = 0, shift: int | None = None,
@@ -316,11 +329,7 @@ def encode_volume(vol: np.ndarray, predictor: VolumePredictor | PreviousSlice, *
         return [data for data, _ in coded], info
     spans = _groups(vol.shape[0], group)
     jobs = [(vol[a:b], predictor, shift, lo, hi, max_error, residual_predictor) for a, b in spans]
-    if len(jobs) == 1 or (default_workers() if workers is None else workers) <= 1:
-        chains = [_encode_chain(*job, step=progress) for job in jobs]  # in this process: progress per slice
-    else:
-        chains = map_processes(_encode_chain, jobs, workers,
-                               None if progress is None else (lambda i: progress(spans[i][1] - spans[i][0])))
+    chains = _run_chains(_encode_chain, jobs, [b - a for a, b in spans], workers, progress)
     return [data for chain in chains for data in chain], info
 
 
@@ -330,10 +339,9 @@ def _decode_chain(streams: list[bytes], first: int, predictor, rows: int, cols: 
     out = np.empty((len(streams), rows, cols), dtype=dtype)
     recon: list[np.ndarray] = []
     for s, data in enumerate(streams):
-        xh = None if s == 0 else predictor.predict(_previous(recon, s, lo, (rows, cols)), shift, lo, hi)
+        xh = _xhat(predictor, recon, lo, hi, shift, (rows, cols), dtype)
         try:
-            x = residual.decode(data, x_hat=None if xh is None else xh.astype(dtype), shape=(rows, cols),
-                                dtype=dtype)
+            x = residual.decode(data, x_hat=xh, shape=(rows, cols), dtype=dtype)
         except MedcodecError as exc:
             raise VolumeError(f"slice {first + s}: {exc}") from None
         out[s] = x
@@ -363,11 +371,7 @@ def decode_volume(streams: list[bytes], predictor: VolumePredictor | PreviousSli
         if last is not None:
             spans.append((a, last + 1))
             jobs.append((streams[a:last + 1], a, predictor, rows, cols, dtype, shift, lo, hi))
-    if len(jobs) <= 1 or (default_workers() if workers is None else workers) <= 1:
-        chains = [_decode_chain(*job, step=progress) for job in jobs]  # in this process: progress per slice
-    else:
-        chains = map_processes(_decode_chain, jobs, workers,
-                               None if progress is None else (lambda i: progress(spans[i][1] - spans[i][0])))
+    chains = _run_chains(_decode_chain, jobs, [b - a for a, b in spans], workers, progress)
     full = {a + k: chain[k] for (a, _), chain in zip(spans, chains, strict=True) for k in range(len(chain))}
     out = np.empty((len(wanted), rows, cols), dtype=dtype)
     for k, s in enumerate(wanted):

@@ -135,7 +135,8 @@ def decompress_series(inp: Path, out: Path, *, force: bool = False, progress: bo
     if slices is not None and slices and slices[-1] >= head["frames"]:
         raise MedcodecError(f"{inp}: --slices asks for slice {slices[-1]}; the file has slices 0..{head['frames'] - 1}")
     t0 = time.perf_counter()
-    bar, step = _bar(head["frames"], "decompress", not progress)
+    # with --slices only some groups are decoded, up to their last slice asked for: no fixed total
+    bar, step = _bar(head["frames"] if slices is None else None, "decompress", not progress)
     try:
         head, vol, metas = V.decompress_volume(data, predictor, progress=step, slices=slices)
     except MedcodecError as exc:

@@ -143,6 +143,23 @@ def _die(v):
     os._exit(3)
 
 
+def _fail_first_or_mark(v, folder):
+    import pathlib
+    import time
+    if v == 0:
+        raise ResidualError("job 0 failed")
+    time.sleep(0.2)
+    (pathlib.Path(folder) / str(v)).write_text("ran")
+    return v
+
+
+def test_a_failure_drops_the_jobs_not_started(tmp_path):
+    """The first failure is raised without running the queue of jobs behind it to the end."""
+    with pytest.raises(ResidualError, match="job 0 failed"):
+        parallel.map_processes(_fail_first_or_mark, [(v, str(tmp_path)) for v in range(16)], 2)
+    assert len(list(tmp_path.iterdir())) < 15
+
+
 def test_map_processes_order_errors_and_dead_workers():
     seen = []
     assert parallel.map_processes(_square, [(v,) for v in range(7)], 3, seen.append) == [v * v for v in range(7)]
