@@ -31,7 +31,10 @@ For each interior pixel the products ``f_a f_b`` (``a <= b``) and ``f_a y`` are 
 products), converted to float64 exactly. Only what a later pixel can still read is kept: a ring of
 the rows one wave spans plus ``R`` (a wave spans ``cols / 2`` rows), and in each row a ring of the
 last ``3 R + 2`` columns behind the row's decoding front (int64 wrap-around keeps the differences
-exact): about 10 MB for a 512-pixel-wide frame, 40 MB for a 2048-pixel-wide radiograph.
+exact): about 10 MB for a 512-pixel-wide frame, 40 MB for a 2048-pixel-wide radiograph. The compiled
+kernels also keep the running sums of those row sums down each column (25 columns per row), so that the
+window's rows ``i - R .. i - R // 2 - 1`` and its left edge cost two reads each instead of one per row:
+the same exact integers, from twice the memory.
 
 Solve, deterministically
 ------------------------
@@ -40,13 +43,23 @@ positive definite) written with numpy element-wise operations only (no BLAS, no 
 reductions whose order a library could change), so every IEEE-754 machine computes the same
 float64 values, and the prediction ``W + floor(sum_k c_k (f_k - W) + 1/2)`` (summed in a fixed order)
 is the same integer on the host and on the board.
+
+Where numba is importable (and ``MEDCODEC_JIT`` is not ``0``), :func:`backend` says ``"numba"`` and the
+window sums, the solve and the prediction run in :func:`codec.jit.predict_wave` / ``update_wave``: the
+same operations per pixel, in the same order, without fast-math (no FMA, no reordered sums), so the
+predictions are bit for bit those of the numpy code below (tested on every bundled sample).
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-__all__ = ["OFFSETS", "XHAT_OFFSETS", "RADIUS", "MARGIN", "RIDGE", "LeastSquares", "solve_spd", "memory_bytes"]
+from codec.errors import MedcodecError
+
+__all__ = ["OFFSETS", "XHAT_OFFSETS", "RADIUS", "MARGIN", "RIDGE", "JIT_ENV", "LeastSquares", "backend",
+           "solve_spd", "memory_bytes"]
 
 #: causal neighbours (row, column offsets); the first one is W, the reference of the others
 OFFSETS = ((0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0), (-1, -2), (-2, -1), (-2, 1), (-2, -2),
@@ -63,6 +76,28 @@ RIDGE = 1.0
 _CLIP = float(1 << 20)
 
 
+#: environment variable: ``0`` runs the numpy code even where numba is installed, ``1`` (or unset) the
+#: compiled kernels of :mod:`codec.jit` where it is
+JIT_ENV = "MEDCODEC_JIT"
+
+
+def backend() -> str:
+    """``"numba"`` where the compiled kernels can run (numba importable, not switched off), else ``"numpy"``.
+
+    Both give the same predictions bit for bit; the kernels are about twice as fast per frame.
+    """
+    flag = os.environ.get(JIT_ENV, "1").strip().lower()
+    if flag not in ("0", "1", "off", "on", ""):
+        raise MedcodecError(f"{JIT_ENV} must be 0 or 1, got {flag!r}")
+    if flag in ("0", "off"):
+        return "numpy"
+    try:
+        import codec.jit  # noqa: F401
+    except ImportError:
+        return "numpy"
+    return "numba"
+
+
 def _num_features(with_xhat: bool) -> int:
     return len(OFFSETS) + (len(XHAT_OFFSETS) if with_xhat else 0)
 
@@ -72,15 +107,20 @@ def _ring_rows(rows: int, cols: int) -> int:
     return min(rows, cols // 2 + RADIUS + 3)
 
 
-def _ring_cols(cols: int) -> int:
-    # a row d rows above reads columns j - R .. j + 2 d; its front is at j + 2 d - 1 <= j + 2 R - 1
-    return min(cols + 1, 3 * RADIUS + 2)
+def _ring_cols(cols: int, column_sums: bool = False) -> int:
+    # a row d rows above reads columns j - R .. j + 2 d; its front is at j + 2 d - 1 <= j + 2 R - 1.
+    # With the kernels' column sums, the row R + 1 above is read too (at j - R, its front at j + 2 R + 1).
+    return min(cols + 1, 3 * RADIUS + (4 if column_sums else 2))
 
 
-def memory_bytes(rows: int, cols: int, with_xhat: bool) -> int:
-    """Bytes of the row prefix sums the predictor keeps for a ``rows`` x ``cols`` frame."""
+def memory_bytes(rows: int, cols: int, with_xhat: bool, jit: bool | None = None) -> int:
+    """Bytes of the row prefix sums the predictor keeps for a ``rows`` x ``cols`` frame (twice that, a
+    little more, with the compiled kernels, which keep their column sums too; ``jit`` None: as
+    :func:`backend` says)."""
+    if jit is None:
+        jit = backend() == "numba"
     k = _num_features(with_xhat)
-    return _ring_rows(rows, cols) * _ring_cols(cols) * (k * (k + 1) // 2 + k) * 8
+    return (2 if jit else 1) * _ring_rows(rows, cols) * _ring_cols(cols, jit) * (k * (k + 1) // 2 + k) * 8
 
 
 def solve_spd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -131,9 +171,16 @@ class LeastSquares:
         self.pair = pair.ravel()
         self.diag = np.arange(self.k) * (self.k + 1)
         self.offsets = np.array([di * wp + dj for di, dj in OFFSETS], dtype=np.int64)
-        self.nr, self.nc = _ring_rows(rows, cols), _ring_cols(cols)
+        self._jit = None
+        if backend() == "numba":
+            from codec import jit
+
+            self._jit = jit
+        self.nr, self.nc = _ring_rows(rows, cols), _ring_cols(cols, self._jit is not None)
         # one more row, always zero: where the window reaches above the image
         self.cs = np.zeros((self.nr + 1, self.nc, self.nprod), dtype=np.int64)
+        # the kernels' column sums of cs (row r: rows 0 .. r, in the same ring), for the window's rectangles
+        self.vs = np.zeros_like(self.cs) if self._jit is not None else None
         self._feat: tuple | None = None
 
     def interior(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -152,12 +199,30 @@ class LeastSquares:
     def predict(self, i: np.ndarray, j: np.ndarray, idx: np.ndarray, x: np.ndarray,
                 fallback: np.ndarray) -> np.ndarray:
         """Predictions for the pixels of one wave (``fallback`` where the predictor is not used)."""
-        inner = self.interior(i, j)
         out = fallback.copy()
-        sel = np.flatnonzero(inner)
+        sel, pred = self.predict_interior(i, j, idx, x)
+        out[sel] = pred
+        return out
+
+    def predict_interior(self, i: np.ndarray, j: np.ndarray, idx: np.ndarray,
+                         x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in the wave of the interior pixels, their predictions) for one wave."""
+        sel = np.flatnonzero(self.interior(i, j))
         if sel.size == 0:
             self._feat = (sel, None, None)
-            return out
+            return sel, np.zeros(0, dtype=np.int64)
+        if self._jit is not None:
+            pred = np.empty(sel.size, dtype=np.int64)
+            w = np.empty(sel.size, dtype=np.int64)
+            fc = np.empty((sel.size, self.k), dtype=np.int64)
+            with_xhat = self.xh is not None
+            xh = self.xh if with_xhat else x[:1]
+            xh_s = self.xh_s if with_xhat else x[:1]
+            self._jit.predict_wave(i[sel], j[sel], idx[sel], x, xh, xh_s, with_xhat, self.wp, self.offsets,
+                                   self.cs, self.vs, self.nr, self.nc, self.cols, RADIUS, RIDGE, _CLIP,
+                                   self.pair, self.npair, pred, w, fc)
+            self._feat = (sel, w, fc)
+            return sel, pred
         ii, jj = i[sel], j[sel]
         w, fc = self._features(idx[sel], x)
         self._feat = (sel, w, fc)
@@ -183,17 +248,21 @@ class LeastSquares:
                 acc += coef[:, k] * ff[:, k]
         acc = np.where(np.isfinite(acc), acc, 0.0)
         acc = np.clip(acc, -_CLIP, _CLIP)
-        out[sel] = w + np.floor(acc + 0.5).astype(np.int64)
-        return out
+        return sel, w + np.floor(acc + 0.5).astype(np.int64)
 
     def update(self, i: np.ndarray, j: np.ndarray, v: np.ndarray) -> None:
         """Add the decoded values ``v`` of the wave last predicted to the row prefix sums."""
+        sel, w, fc = self._feat
+        if self._jit is not None:
+            if sel.size == 0:
+                w, fc = np.zeros(0, dtype=np.int64), np.zeros((0, self.k), dtype=np.int64)
+            self._jit.update_wave(i, j, v, sel, w, fc, self.cs, self.vs, self.nr, self.nc, self.ia, self.ib)
+            return
         rr = i % self.nr
         start = j == 0
         if start.any():
             self.cs[rr[start], 0] = 0
         prev = self.cs[rr, j % self.nc]
-        sel, w, fc = self._feat
         if sel.size:
             y = v[sel].astype(np.int64) - w
             prod = np.concatenate([fc[:, self.ia] * fc[:, self.ib], fc * y[:, None]], axis=1)

@@ -14,11 +14,12 @@ import resource
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from codec import residual
+from codec import lsq, residual
 from codec.dicom import merge_dicom, read_dicom, split_dicom
 from codec.entropy import decode, encode, gaussian_tables
 from codec.errors import MedcodecError
@@ -72,7 +73,49 @@ def machine() -> dict:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "numpy": np.__version__,
+        "residual_backend": lsq.backend(),
     }
+
+
+@contextmanager
+def _backend(name: str):
+    """Run the residual layer on ``name`` ("numpy" or "numba") inside the block."""
+    old = os.environ.get(lsq.JIT_ENV)
+    os.environ[lsq.JIT_ENV] = "1" if name == "numba" else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(lsq.JIT_ENV, None)
+        else:
+            os.environ[lsq.JIT_ENV] = old
+
+
+def _residual_runs(name: str, frames: np.ndarray, mpix: float, backends: list[str]) -> dict:
+    """The residual layer alone (the .mdc lossless default) on every frame, one run per backend: the
+    default backend under its predictor's name, the numpy code as ``...-numpy`` when numba is the
+    default (the same bytes, checked; the speed-up is the point)."""
+    out = {}
+    for pred in residual.PREDICTORS:
+        data = None
+        for be in backends:
+            with _backend(be):
+                residual.encode(frames[0][:16, :16], predictor=pred)  # compiles (or loads) the kernels
+                t0 = time.perf_counter()
+                streams = [residual.encode(x, predictor=pred).data for x in frames]
+                enc_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                back = [residual.decode(d, shape=x.shape, dtype=x.dtype) for d, x in zip(streams, frames, strict=True)]
+                dec_s = time.perf_counter() - t0
+            if not all(np.array_equal(b, x) for b, x in zip(back, frames, strict=True)):
+                raise MedcodecError(f"{name}: the residual layer ({pred}, {be}) did not decode bit-exact")
+            if data is not None and streams != data:
+                raise MedcodecError(f"{name}: the residual layer ({pred}) codes other bytes with numba than with numpy")
+            data = streams
+            key = f"medcodec-residual-{pred}" + ("" if be == backends[0] else f"-{be}")
+            out[key] = {"bpp": 8 * sum(map(len, streams)) / frames.size, "backend": be,
+                        "encode_mpix_s": mpix / enc_s, "decode_mpix_s": mpix / dec_s}
+    return out
 
 
 def bench_images(files, repeat: int) -> list[dict]:
@@ -103,18 +146,9 @@ def bench_image(f, repeat: int) -> dict:
             "encode_mpix_s": mpix / _time(lambda c=codec: classical.encode_image(c, px, img.bits_stored, img.signed), repeat),
             "decode_mpix_s": mpix / _time(lambda c=codec, e=enc: classical.decode_image(c, e), repeat),
         }
-    for pred in residual.PREDICTORS:  # the residual layer alone (the .mdc lossless default), one run each
-        frames = px.reshape(-1, img.rows, img.cols)
-        t0 = time.perf_counter()
-        streams = [residual.encode(x, predictor=pred).data for x in frames]
-        enc_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        back = [residual.decode(d, shape=x.shape, dtype=x.dtype) for d, x in zip(streams, frames, strict=True)]
-        dec_s = time.perf_counter() - t0
-        if not all(np.array_equal(b, x) for b, x in zip(back, frames, strict=True)):
-            raise MedcodecError(f"{f.name}: the residual layer ({pred}) did not decode bit-exact")
-        codecs[f"medcodec-residual-{pred}"] = {"bpp": 8 * sum(map(len, streams)) / px.size,
-                                               "encode_mpix_s": mpix / enc_s, "decode_mpix_s": mpix / dec_s}
+    default = lsq.backend()
+    backends = [default] + (["numpy"] if default == "numba" else [])
+    codecs.update(_residual_runs(f.name, px.reshape(-1, img.rows, img.cols), mpix, backends))
     entry["lossless"] = codecs
     return entry
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from codec import lsq, residual
+from codec.errors import MedcodecError
 from codec.residual import ResidualError
 from tests.codec.test_residual import _coarse, _crop
 from tests.conftest import sample_files
@@ -161,14 +162,26 @@ CASES = {
     # 30 x 53: the column ring (3 R + 2 = 23 columns) wraps twice. Its row ring cannot wrap: it holds
     # min(rows, cols // 2 + R + 3) = 36 rows >= 30, so the frame is kept whole.
     "30x53": (30, 53, 1),
-    # 70 x 24: rows > cols // 2 + R + 3 = 22, so the row ring wraps (three times); the columns wrap too
-    "70x24": (70, 24, 2),
+    # 70 x 26: rows > cols // 2 + R + 3 = 23, so the row ring wraps (three times); the columns wrap too
+    # (26 + 1 columns > 3 R + 2, and > 3 R + 4 for the compiled kernels' column sums)
+    "70x26": (70, 26, 2),
 }
+
+
+BACKENDS = ["numpy", "numba"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Each test below runs on the numpy code and on the compiled kernels of codec/jit.py."""
+    monkeypatch.setenv(lsq.JIT_ENV, "1" if request.param == "numba" else "0")
+    assert lsq.backend() == request.param  # numba is pinned in requirements.lock: never skipped here
+    return request.param
 
 
 @pytest.mark.parametrize("with_xhat", [False, True], ids=["no-xhat", "xhat"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_predictions_equal_a_brute_force_reference(case, with_xhat):
+def test_predictions_equal_a_brute_force_reference(case, with_xhat, backend):
     rows, cols, seed = CASES[case]
     x = _frame(rows, cols, seed)
     x_hat = None
@@ -176,9 +189,10 @@ def test_predictions_equal_a_brute_force_reference(case, with_xhat):
         rng = np.random.default_rng(seed + 10)
         x_hat = np.clip(x + rng.integers(-80, 81, x.shape) + 17, 0, 4000).astype(np.int64)
     eng, got, fallback = _drive(x, x_hat)
+    assert (eng.ls._jit is not None) == (backend == "numba")
     assert eng.ls.k == 17 + (5 if with_xhat else 0)
-    assert eng.ls.nc == 3 * lsq.RADIUS + 2 < cols + 1  # the column ring wraps
-    if case == "70x24":
+    assert eng.ls.nc == 3 * lsq.RADIUS + (4 if backend == "numba" else 2) < cols + 1  # the column ring wraps
+    if case == "70x26":
         assert eng.ls.nr < rows  # the row ring wraps
     want, interior = _reference(x, x_hat)
     assert interior.sum() == (rows - lsq.MARGIN) * (cols - 2 * lsq.MARGIN)
@@ -208,7 +222,7 @@ def test_offsets_are_causal_in_the_wave_order():
     assert late == []
 
 
-def test_reference_on_extreme_values():
+def test_reference_on_extreme_values(backend):
     """Full-range 0 / 65535 pixels: products near 2**32, near-singular systems, still exact."""
     rng = np.random.default_rng(9)
     x = np.where(rng.random((20, 40)) < 0.5, 0, U16.max).astype(np.int64)
@@ -224,21 +238,29 @@ def test_reference_on_extreme_values():
 # --------------------------------------------------------------------------- memory
 
 
-def test_memory_is_bounded_per_row():
+@pytest.mark.parametrize("jit", [False, True], ids=["numpy", "numba"])
+def test_memory_is_bounded_per_row(jit, monkeypatch):
+    limit = 2 if jit else 1  # the kernels keep column sums beside the row sums
     for xh in (False, True):
-        assert lsq.memory_bytes(2500, 2048, xh) < 64 << 20
-        assert lsq.memory_bytes(512, 512, xh) < 16 << 20
+        assert lsq.memory_bytes(2500, 2048, xh, jit) < limit * (72 << 20)
+        assert lsq.memory_bytes(512, 512, xh, jit) < limit * (16 << 20)
         # it grows with the width, but not with the height once the ring is full
-        assert lsq.memory_bytes(512, 256, xh) < lsq.memory_bytes(512, 512, xh) < lsq.memory_bytes(512, 1024, xh)
-        assert lsq.memory_bytes(600, 512, xh) == lsq.memory_bytes(5000, 512, xh) == lsq.memory_bytes(50000, 512, xh)
-    assert lsq.memory_bytes(512, 512, False) < lsq.memory_bytes(512, 512, True)
-    # what a LeastSquares really allocates: the prefix-sum ring (memory_bytes may leave out its extra row
-    # of zeros)
+        assert (lsq.memory_bytes(512, 256, xh, jit) < lsq.memory_bytes(512, 512, xh, jit)
+                < lsq.memory_bytes(512, 1024, xh, jit))
+        assert (lsq.memory_bytes(600, 512, xh, jit) == lsq.memory_bytes(5000, 512, xh, jit)
+                == lsq.memory_bytes(50000, 512, xh, jit))
+    assert lsq.memory_bytes(512, 512, False, jit) < lsq.memory_bytes(512, 512, True, jit)
+    # what a LeastSquares really allocates: the prefix-sum ring(s) (memory_bytes may leave out their extra
+    # row of zeros)
+    monkeypatch.setenv(lsq.JIT_ENV, "1" if jit else "0")
+    assert lsq.memory_bytes(512, 512, False) == lsq.memory_bytes(512, 512, False, jit)
     for rows, cols, with_xhat in ((300, 160, False), (300, 160, True), (10, 9, False)):
         xh = np.zeros((rows + 2) * (cols + 4) + 1, dtype=np.int32) if with_xhat else None
         ls = lsq.LeastSquares(rows, cols, cols + 4, xh, xh)
-        per_row = ls.cs.nbytes // ls.cs.shape[0]
-        assert lsq.memory_bytes(rows, cols, with_xhat) <= ls.cs.nbytes <= lsq.memory_bytes(rows, cols, with_xhat) + per_row
+        assert (ls.vs is not None) == jit
+        held = ls.cs.nbytes + (ls.vs.nbytes if jit else 0)
+        per_row = held // ls.cs.shape[0]
+        assert lsq.memory_bytes(rows, cols, with_xhat) <= held <= lsq.memory_bytes(rows, cols, with_xhat) + per_row
 
 
 # --------------------------------------------------------------------------- through codec.residual
@@ -363,6 +385,80 @@ def test_flipping_the_ls_flag_never_decodes_silently(streams):
         assert "corrupt" in msg
 
 
+# --------------------------------------------------------------------------- backends
+
+
+def _streams(x: np.ndarray, x_hat: np.ndarray, predictors=("ls",)) -> list[bytes]:
+    return [residual.encode(x, xh, d, predictor=p).data for p in predictors for xh in (None, x_hat)
+            for d in (0, 2)]
+
+
+@pytest.mark.parametrize("path", sample_files(), ids=lambda p: p.stem)
+def test_numpy_and_numba_code_the_same_bytes(path, monkeypatch):
+    """The compiled kernels are an optimisation, not another format: every bundled sample (a 128 x 160
+    crop, both predictors, with and without x_hat, lossless and D = 2) gives the same bytes both ways,
+    and the numpy code decodes the kernels' streams."""
+    x = _crop(path, 128, 160)
+    x_hat = _coarse(x)
+    monkeypatch.setenv(lsq.JIT_ENV, "0")
+    slow = _streams(x, x_hat, residual.PREDICTORS)
+    monkeypatch.setenv(lsq.JIT_ENV, "1")
+    fast = _streams(x, x_hat, residual.PREDICTORS)
+    assert fast == slow
+    for data, xh in zip(fast[0:4:2], (None, x_hat), strict=True):  # the lossless "ls" streams
+        monkeypatch.setenv(lsq.JIT_ENV, "0")
+        np.testing.assert_array_equal(residual.decode(data, xh, shape=x.shape, dtype=x.dtype), x)
+
+
+def _tiny_and_extreme() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every border rule of the engine (first rows and columns, last column, frames of one row or one
+    column) and full-range values, each with a hostile x_hat."""
+    rng = np.random.default_rng(11)
+    out = {}
+    for shape in ((1, 1), (1, 9), (9, 1), (2, 2), (3, 5), (5, 3), (7, 12)):
+        x = rng.integers(0, U16.max, shape, endpoint=True).astype(np.uint16)
+        out[f"noise{shape[0]}x{shape[1]}"] = (x, U16.max - x)
+    for name, x in ADVERSARIAL.items():
+        info = np.iinfo(x.dtype)
+        out[name] = (x, np.full(x.shape, info.min, dtype=x.dtype))
+    return out
+
+
+TINY = _tiny_and_extreme()
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_numpy_and_numba_agree_on_borders_and_extremes(name, monkeypatch):
+    x, x_hat = TINY[name]
+    got = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv(lsq.JIT_ENV, flag)
+        got[flag] = _streams(x, x_hat, residual.PREDICTORS)
+    assert got["0"] == got["1"]
+
+
+def test_backend_follows_the_environment(monkeypatch):
+    monkeypatch.delenv(lsq.JIT_ENV, raising=False)
+    assert lsq.backend() == "numba"
+    for flag, want in (("0", "numpy"), ("off", "numpy"), ("1", "numba"), (" ON ", "numba")):
+        monkeypatch.setenv(lsq.JIT_ENV, flag)
+        assert lsq.backend() == want
+    monkeypatch.setenv(lsq.JIT_ENV, "fast")
+    with pytest.raises(MedcodecError, match="MEDCODEC_JIT must be 0 or 1"):
+        lsq.backend()
+
+
+def test_backend_falls_back_to_numpy_without_numba(monkeypatch):
+    """Where numba cannot be imported (a board image without it), the numpy code runs."""
+    monkeypatch.setenv(lsq.JIT_ENV, "1")
+    monkeypatch.setitem(sys.modules, "codec.jit", None)  # makes the import fail
+    assert lsq.backend() == "numpy"
+    x = _smooth_plus_noise(40, 40)
+    assert lsq.LeastSquares(40, 40, 44)._jit is None
+    enc = residual.encode(x, predictor="ls")
+    np.testing.assert_array_equal(residual.decode(enc.data, shape=x.shape, dtype=x.dtype), x)
+
+
 # --------------------------------------------------------------------------- other processes
 
 _CHILD = """
@@ -382,10 +478,10 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("threads", ["1", "2"])
-def test_ls_decodes_bit_identically_in_another_process(tmp_path, threads):
+@pytest.mark.parametrize("threads,jit", [("1", "0"), ("2", "1")], ids=["1-thread-numpy", "2-threads-numba"])
+def test_ls_decodes_bit_identically_in_another_process(tmp_path, threads, jit):
     """Encoded here, decoded (and re-encoded) in a fresh interpreter with other BLAS / OpenMP thread
-    counts: the same pixels and the same bytes."""
+    counts and either backend of codec/lsq.py: the same pixels and the same bytes."""
     x = _crop(next(p for p in sample_files() if "mr_" in p.name), 64, 64)
     x_hat = _coarse(x, 32)
     np.save(tmp_path / "x.npy", x)
@@ -395,7 +491,8 @@ def test_ls_decodes_bit_identically_in_another_process(tmp_path, threads):
         enc = residual.encode(x, x_hat if h else None, d, predictor="ls")
         (tmp_path / f"s{n}.bin").write_bytes(enc.data)
         encs.append(enc)
-    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
+               NUMBA_NUM_THREADS=threads, MEDCODEC_JIT=jit)
     out = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "x.npy"), str(tmp_path / "xh.npy"),
                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

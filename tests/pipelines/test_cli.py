@@ -103,6 +103,12 @@ def test_bench_writes_json_and_refuses_overwrite(tmp_path):
     assert result["entropy_coding"]["symbols"] == 1_000_000
     assert {"medcodec-residual-ls", "medcodec-residual-blend", "jpegls"} <= set(lossless)
     assert lossless["medcodec-residual-ls"]["bpp"] < lossless["medcodec-residual-blend"]["bpp"]
+    # the compiled kernels (the default here) beside the numpy code: the same bits, both timed
+    assert result["machine"]["residual_backend"] == "numba"
+    for pred in ("ls", "blend"):
+        fast, slow = lossless[f"medcodec-residual-{pred}"], lossless[f"medcodec-residual-{pred}-numpy"]
+        assert (fast["backend"], slow["backend"]) == ("numba", "numpy")
+        assert fast["bpp"] == slow["bpp"] and slow["encode_mpix_s"] > 0 and slow["decode_mpix_s"] > 0
     before = target.read_bytes()
     assert main(["bench", "--data", str(one), "--json", str(target), "--repeat", "1"]) == 1
     assert target.read_bytes() == before
