@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codec import gdncodec, residual
+from codec import gdncodec, lsq, residual
 from codec.dicom import read_dicom
 from codec.errors import MedcodecError
 from codec.fileio import atomic_write, check_writable
@@ -449,7 +449,7 @@ def run(args) -> int:
                      "levels": list(levels), "include": args.include,
                      "residual": {"num_contexts": residual.NUM_CONTEXTS, "count_step": residual.COUNT_STEP,
                                   "count_limit": residual.COUNT_LIMIT, "stream_version": residual.STREAM_VERSION,
-                                  "predictor": args.residual_predictor,
+                                  "predictor": args.residual_predictor, "kernels": lsq.backend(),
                                   "stripe_workers": 1 if min(args.jobs, len(files)) > 1 else residual.default_workers()},
                      "bpp": "8 * bytes / pixels; lossy+residual bytes = tile streams + residual streams",
                      "jobs": max(1, min(args.jobs, len(files))), "cpu_count": os.cpu_count()},

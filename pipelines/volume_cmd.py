@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from codec import residual, sources
+from codec import lsq, residual, sources
 from codec import volume as V
 from codec.dicom import merge_dicom
 from codec.errors import MedcodecError, OutputExistsError
@@ -349,7 +349,7 @@ def _run_eval(args) -> int:
     if args.json:
         out = {"records": records, "table": table, "versions": {**codec_versions(), "python": platform.python_version()},
                "command": "medcodec " + shlex.join(sys.argv[1:]), "group": V.GROUP,
-               "workers": default_workers()}
+               "workers": default_workers(), "kernels": lsq.backend()}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(Path(args.json), (json.dumps(out, indent=1) + "\n").encode(), force=True)
     return 1 if any(r["errors"] for r in records) else 0

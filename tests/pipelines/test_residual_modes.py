@@ -277,6 +277,7 @@ def test_residual_eval_records_its_predictor(tmp_path):
         result = json.loads(out.read_text())
         assert result["settings"]["residual"]["predictor"] == pred
         assert result["settings"]["residual"]["stripe_workers"] == residual.default_workers()  # one job
+        assert result["settings"]["residual"]["kernels"] == "numba"  # numba is pinned: the compiled kernels
         bpp[pred] = result["images"][0]["residual_only"]["0"]["bpp"]
     assert bpp["ls"] < bpp["blend"]
 
