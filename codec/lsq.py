@@ -52,6 +52,7 @@ predictions are bit for bit those of the numpy code below (tested on every bundl
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -59,7 +60,7 @@ import numpy as np
 from codec.errors import MedcodecError
 
 __all__ = ["OFFSETS", "XHAT_OFFSETS", "RADIUS", "MARGIN", "RIDGE", "JIT_ENV", "LeastSquares", "backend",
-           "solve_spd", "memory_bytes"]
+           "kernels", "solve_spd", "memory_bytes"]
 
 #: causal neighbours (row, column offsets); the first one is W, the reference of the others
 OFFSETS = ((0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0), (-1, -2), (-2, -1), (-2, 1), (-2, -2),
@@ -81,21 +82,24 @@ _CLIP = float(1 << 20)
 JIT_ENV = "MEDCODEC_JIT"
 
 
-def backend() -> str:
-    """``"numba"`` where the compiled kernels can run (numba importable, not switched off), else ``"numpy"``.
-
-    Both give the same predictions bit for bit; the kernels are about twice as fast per frame.
-    """
+def kernels():
+    """The module :mod:`codec.jit` where the compiled kernels can run (numba importable and
+    ``MEDCODEC_JIT`` not ``0``), else None (the numpy code runs). Both give the same bytes; the kernels
+    are 2-3 times faster per frame."""
     flag = os.environ.get(JIT_ENV, "1").strip().lower()
     if flag not in ("0", "1", "off", "on", ""):
         raise MedcodecError(f"{JIT_ENV} must be 0 or 1, got {flag!r}")
     if flag in ("0", "off"):
-        return "numpy"
+        return None
     try:
-        import codec.jit  # noqa: F401
-    except ImportError:
-        return "numpy"
-    return "numba"
+        return importlib.import_module("codec.jit")
+    except ImportError:  # no numba (a board image without it)
+        return None
+
+
+def backend() -> str:
+    """``"numba"`` or ``"numpy"``: what :func:`kernels` gives."""
+    return "numpy" if kernels() is None else "numba"
 
 
 def _num_features(with_xhat: bool) -> int:
@@ -171,11 +175,7 @@ class LeastSquares:
         self.pair = pair.ravel()
         self.diag = np.arange(self.k) * (self.k + 1)
         self.offsets = np.array([di * wp + dj for di, dj in OFFSETS], dtype=np.int64)
-        self._jit = None
-        if backend() == "numba":
-            from codec import jit
-
-            self._jit = jit
+        self._jit = kernels()
         self.nr, self.nc = _ring_rows(rows, cols), _ring_cols(cols, self._jit is not None)
         # one more row, always zero: where the window reaches above the image
         self.cs = np.zeros((self.nr + 1, self.nc, self.nprod), dtype=np.int64)
@@ -209,7 +209,7 @@ class LeastSquares:
         """(positions in the wave of the interior pixels, their predictions) for one wave."""
         sel = np.flatnonzero(self.interior(i, j))
         if sel.size == 0:
-            self._feat = (sel, None, None)
+            self._feat = (sel, np.zeros(0, dtype=np.int64), np.zeros((0, self.k), dtype=np.int64))
             return sel, np.zeros(0, dtype=np.int64)
         if self._jit is not None:
             pred = np.empty(sel.size, dtype=np.int64)
@@ -254,8 +254,6 @@ class LeastSquares:
         """Add the decoded values ``v`` of the wave last predicted to the row prefix sums."""
         sel, w, fc = self._feat
         if self._jit is not None:
-            if sel.size == 0:
-                w, fc = np.zeros(0, dtype=np.int64), np.zeros((0, self.k), dtype=np.int64)
             self._jit.update_wave(i, j, v, sel, w, fc, self.cs, self.vs, self.nr, self.nc, self.ia, self.ib)
             return
         rr = i % self.nr

@@ -46,7 +46,7 @@ Compiled kernels
 Where numba is installed (it is pinned in requirements.lock; a board image may lack it) the per-pixel
 work of a wave (the border rules, sub-predictors, blend and context here, the least-squares window sums
 and solve of :mod:`codec.lsq`) runs in the kernels of :mod:`codec.jit`: the same integer and float64
-operations in the same order, one pixel at a time, about 2.5 times faster. ``MEDCODEC_JIT=0`` runs the
+operations in the same order, one pixel at a time, 2-3 times faster. ``MEDCODEC_JIT=0`` runs the
 numpy code instead. The two are one format: every test frame gives the same bytes both ways, and either
 decodes the other's streams (tested, across processes too).
 
@@ -107,7 +107,7 @@ import constriction
 import numpy as np
 
 from codec.errors import MedcodecError
-from codec.lsq import LeastSquares, backend
+from codec.lsq import LeastSquares, kernels
 from codec.parallel import default_workers, map_processes
 
 __all__ = [
@@ -334,11 +334,7 @@ class _Engine:
                                    self.xh_s if self.has_xhat else None)
             self.npred += 1
             self.err = np.zeros((self.npred, size + 1), dtype=np.uint16)
-        self._jit = None
-        if backend() == "numba":  # the compiled kernels of codec/jit.py: the same integers, faster
-            from codec import jit
-
-            self._jit = jit
+        self._jit = kernels()  # the compiled kernels of codec/jit.py (or None): the same integers, faster
 
     def wave(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(i, j, flat index) of the pixels of wave ``t``, ``i`` ascending."""
